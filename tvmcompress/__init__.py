@@ -1,0 +1,40 @@
+"""tvmcompress: a model-compression compiler on Apache TVM."""
+
+from tvmcompress import runtime
+from tvmcompress.api import CompiledModel, compile
+from tvmcompress.config import CompressConfig, PassConfig, register_pass
+from tvmcompress.errors import (
+    ConfigError,
+    ExportError,
+    InputError,
+    TargetError,
+    TvmCompressError,
+    UnsupportedModelError,
+)
+from tvmcompress.frontend import Model, TensorSpec, load
+from tvmcompress.report import Report
+from tvmcompress.targets import TargetPreset, list_presets, resolve_target
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CompiledModel",
+    "CompressConfig",
+    "ConfigError",
+    "ExportError",
+    "InputError",
+    "Model",
+    "PassConfig",
+    "Report",
+    "TargetError",
+    "TargetPreset",
+    "TensorSpec",
+    "TvmCompressError",
+    "UnsupportedModelError",
+    "compile",
+    "list_presets",
+    "load",
+    "register_pass",
+    "resolve_target",
+    "runtime",
+]

@@ -1,0 +1,230 @@
+"""``compile``: a model and a target in, a runnable, exportable ``CompiledModel`` out."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import tempfile
+from collections.abc import Mapping, Sequence
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import tvm
+
+from tvmcompress import reference, runtime
+from tvmcompress.config import CompressConfig
+from tvmcompress.errors import ConfigError, ExportError, TargetError
+from tvmcompress.frontend import Model, load
+from tvmcompress.passes import run_passes
+from tvmcompress.report import Report, op_stats
+from tvmcompress.schedules import BuildInfo, build
+from tvmcompress.targets import TargetPreset, resolve_target
+
+logger = logging.getLogger(__name__)
+
+
+class CompiledModel:
+    """A model compiled for one target: run, benchmark, export, report."""
+
+    def __init__(self, model: Model, preset: TargetPreset, config: CompressConfig,
+                 ir: tvm.IRModule, executable: Any, build_info: BuildInfo):
+        self.model = model
+        self.preset = preset
+        self.config = config
+        self.ir = ir
+        self.executable = executable
+        self.build_info = build_info
+        self.signature = model.signature
+        self._runner: runtime.Runner | None = None
+
+    @property
+    def runner(self) -> runtime.Runner:
+        """The VM on this machine; an error if the target's code cannot run here."""
+        if self._runner is None:
+            reason = self.preset.why_not_runnable_here()
+            if reason:
+                raise TargetError(f"Cannot run a model compiled for {self.preset.name!r} on this "
+                                  f"machine: {reason}. Export it and run it on the target, or "
+                                  "compile with target='host'")
+            self._runner = runtime.Runner(self.executable, self.signature, self.device)
+        return self._runner
+
+    @property
+    def device(self) -> str:
+        return self.preset.target["kind"] if self.preset.is_gpu else "cpu"
+
+    def run(self, inputs: Mapping[str, Any] | Sequence[Any]) -> dict[str, np.ndarray]:
+        """Run once on inputs given by name (dict) or in order (list); outputs by name."""
+        return self.runner.run(inputs)
+
+    def benchmark(self, inputs: Mapping[str, Any] | Sequence[Any] | None = None,
+                  warmup: int = 3, repeat: int = 20,
+                  min_seconds: float = 0.0) -> runtime.BenchmarkResult:
+        """Median and spread of ``repeat`` timed runs after ``warmup`` (random inputs by
+        default)."""
+        return self.runner.benchmark(inputs, warmup=warmup, repeat=repeat,
+                                     min_seconds=min_seconds)
+
+    def report(self, measure: bool = True, repeat: int = 10) -> Report:
+        """Params, weight bytes and MACs per op kind, original vs compiled; with ``measure``
+        (and a target that runs here), latency and fidelity against onnxruntime too."""
+        rep = Report(self.preset.name, op_stats(self.model.mod), op_stats(self.ir),
+                     self.build_info.seconds, self.build_info.kernels,
+                     list(self.build_info.unscheduled), notes=list(self.model.notes))
+        if measure and not self.preset.why_not_runnable_here():
+            self._measure(rep, repeat)
+        elif measure:
+            rep.notes.append(f"latency not measured: {self.preset.why_not_runnable_here()}")
+        return rep
+
+    def _measure(self, rep: Report, repeat: int) -> None:
+        inputs = runtime.random_inputs(self.signature)
+        session = reference.ort_session(self.model.onnx_model)
+        expected = dict(zip([o.name for o in session.get_outputs()],
+                            session.run(None, inputs), strict=True))
+        actual = self.run(inputs)
+        for name, value in actual.items():
+            if name in expected:
+                rep.fidelity[f"{name} vs onnxruntime"] = reference.fidelity(expected[name], value)
+        rep.latency_ms["original (onnxruntime fp32)"] = _median_ms(
+            lambda: session.run(None, inputs), repeat)
+        rep.latency_ms[f"compiled ({self.preset.name})"] = self.benchmark(
+            inputs, repeat=repeat).median_ms
+
+    def manifest(self) -> dict[str, Any]:
+        """What ``manifest.json`` holds: signature, target, versions, config."""
+        return {
+            "format_version": runtime.MANIFEST_VERSION,
+            "library": runtime.LIBRARY,
+            "preset": self.preset.name,
+            "target": json.loads(json.dumps(self.preset.to_dict())),
+            "arch": self.preset.arch,
+            "device": self.device,
+            "inputs": self.signature.inputs,
+            "outputs": self.signature.outputs,
+            "source": self.model.source,
+            "config": self.config.to_dict(),
+            "versions": {pkg: _version(pkg) for pkg in
+                         ("tvmcompress", "apache-tvm", "apache-tvm-ffi", "onnx")},
+        }
+
+    def export(self, directory: str | Path) -> Path:
+        """Write ``model.so`` and ``manifest.json`` to ``directory`` atomically.
+
+        The export is built in a temporary sibling directory and moved into place only when
+        complete; an existing export there is replaced, anything else is refused.
+        """
+        directory = Path(directory).resolve()
+        _check_replaceable(directory)
+        directory.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
+        staging.chmod(0o755)
+        try:
+            self.executable.export_library(str(staging / runtime.LIBRARY), **self._link_args())
+            (staging / runtime.MANIFEST).write_text(json.dumps(self.manifest(), indent=2) + "\n")
+            _replace(staging, directory)
+        except Exception as err:
+            shutil.rmtree(staging, ignore_errors=True)
+            if isinstance(err, ExportError | TargetError):
+                raise
+            raise ExportError(f"Export to {directory} failed: {err}") from err
+        return directory
+
+    def _link_args(self) -> dict[str, Any]:
+        cc = self.preset.export_cc or "g++"
+        if shutil.which(cc) is None:
+            package = self.preset.debian_package or "g++"
+            raise TargetError(f"Exporting for {self.preset.name!r} needs the compiler {cc!r}, "
+                              f"which is not installed: apt-get install {package}")
+        if self.preset.export_cc is None:
+            return {}
+        return {"fcompile": tvm.support.cc.cross_compiler(cc)}
+
+    def __repr__(self) -> str:
+        return (f"CompiledModel({self.model.source!r}, target={self.preset.name!r}, "
+                f"inputs=[{self.signature.describe_inputs()}])")
+
+
+def compile(  # noqa: A001 - the package's verb, as tvm.compile
+    model: Model | str | Path | Any,
+    target: str | dict | tvm.target.Target | TargetPreset = "host",
+    config: CompressConfig | None = None,
+    tune: Any = None,
+    input_shapes: Mapping[str, Sequence[int]] | None = None,
+) -> CompiledModel:
+    """Compile ``model`` for ``target``.
+
+    Parameters
+    ----------
+    model
+        A :class:`Model` from :func:`tvmcompress.load`, or anything ``load`` accepts.
+    target
+        A preset name (``tvmcompress targets`` lists them), a TVM target dict or Target.
+    config
+        The compression passes to run, in order; none by default.
+    tune
+        MetaSchedule tuning settings; not available in this version (raises ConfigError).
+    input_shapes
+        Static shapes for dynamic inputs, when ``model`` is not loaded yet.
+    """
+    if tune is not None:
+        raise ConfigError("tune= is not available yet: this version compiles with default "
+                          "schedules only; pass tune=None")
+    if config is not None and not isinstance(config, CompressConfig):
+        raise ConfigError(f"config must be a tc.CompressConfig, got {type(config).__name__}")
+    config = config or CompressConfig()
+    if not isinstance(model, Model):
+        model = load(model, input_shapes=input_shapes)
+    elif input_shapes:
+        raise ConfigError("input_shapes applies when loading; this model is already loaded")
+    preset = resolve_target(target)
+    ir = run_passes(model.mod, config)
+    executable, info = build(ir, preset)
+    return CompiledModel(model, preset, config, ir, executable, info)
+
+
+def _median_ms(fn, repeat: int) -> float:
+    import statistics
+    import time
+
+    fn()
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(times)
+
+
+def _version(package: str) -> str | None:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def _check_replaceable(directory: Path) -> None:
+    if directory.is_file():
+        raise ExportError(f"Cannot export to {directory}: it is a file")
+    if directory.is_dir() and any(directory.iterdir()) \
+            and not (directory / runtime.MANIFEST).is_file():
+        raise ExportError(f"Cannot export to {directory}: it is a non-empty directory that is "
+                          "not a tvmcompress export; choose another directory")
+
+
+def _replace(staging: Path, directory: Path) -> None:
+    """Move ``staging`` to ``directory``, swapping out an old export only at the end."""
+    if not directory.exists():
+        staging.rename(directory)
+        return
+    backup = directory.with_name(f".{directory.name}.old-{staging.name}")
+    directory.rename(backup)
+    try:
+        staging.rename(directory)
+    except OSError:
+        backup.rename(directory)
+        raise
+    shutil.rmtree(backup, ignore_errors=True)

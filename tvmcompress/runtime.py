@@ -1,0 +1,191 @@
+"""Run, benchmark and load compiled modules; needs only numpy and TVM's runtime.
+
+An exported module is a directory: ``model.so`` (the Relax VM executable with its kernels and
+weights) and ``manifest.json`` (signature, target, versions, config). :func:`load` runs it
+without onnx, onnxruntime or any tvmcompress pass.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tvmcompress.errors import ExportError, InputError
+
+MANIFEST = "manifest.json"
+LIBRARY = "model.so"
+MANIFEST_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Signature:
+    """Names, shapes and dtypes of a module's inputs and outputs."""
+
+    inputs: list[dict[str, Any]]
+    outputs: list[dict[str, Any]]
+
+    @property
+    def input_names(self) -> list[str]:
+        return [i["name"] for i in self.inputs]
+
+    def describe_inputs(self) -> str:
+        return ", ".join(f"{i['name']}: {i['dtype']}{list(i['shape'])}" for i in self.inputs)
+
+
+@dataclass(frozen=True)
+class BenchmarkResult:
+    """Latency statistics of repeated runs, in milliseconds."""
+
+    median_ms: float
+    mean_ms: float
+    std_ms: float
+    min_ms: float
+    max_ms: float
+    repeats: int
+
+    def __str__(self) -> str:
+        return (f"median {self.median_ms:.3f} ms (min {self.min_ms:.3f}, max {self.max_ms:.3f}, "
+                f"std {self.std_ms:.3f}) over {self.repeats} runs")
+
+
+class Runner:
+    """A Relax VM over a built library, with input checking by the signature."""
+
+    def __init__(self, library: Any, signature: Signature, device: str = "cpu"):
+        import tvm
+        from tvm import relax
+
+        self.signature = signature
+        self._tvm = tvm
+        self._device = tvm.cpu() if device == "cpu" else tvm.device(device, 0)
+        self._vm = relax.VirtualMachine(library, self._device)
+
+    def prepare(self, inputs: Mapping[str, Any] | Sequence[Any]) -> list[Any]:
+        """Check ``inputs`` against the signature and move them to the device."""
+        arrays = self._ordered(inputs)
+        tensors = []
+        for spec, value in zip(self.signature.inputs, arrays, strict=True):
+            array = np.asarray(value)
+            if tuple(array.shape) != tuple(spec["shape"]):
+                raise InputError(f"Input {spec['name']!r} has shape {list(array.shape)}, expected "
+                                 f"{list(spec['shape'])}. Inputs: {self.signature.describe_inputs()}")
+            if array.dtype != np.dtype(spec["dtype"]):
+                raise InputError(f"Input {spec['name']!r} has dtype {array.dtype}, expected "
+                                 f"{spec['dtype']} (use .astype('{spec['dtype']}')). "
+                                 f"Inputs: {self.signature.describe_inputs()}")
+            tensors.append(self._tvm.runtime.tensor(np.ascontiguousarray(array), self._device))
+        return tensors
+
+    def _ordered(self, inputs: Mapping[str, Any] | Sequence[Any]) -> list[Any]:
+        names = self.signature.input_names
+        if isinstance(inputs, Mapping):
+            missing = [n for n in names if n not in inputs]
+            extra = [n for n in inputs if n not in names]
+            if missing or extra:
+                raise InputError(f"Inputs do not match the model: missing {missing}, unexpected "
+                                 f"{extra}. Expected: {self.signature.describe_inputs()}")
+            return [inputs[n] for n in names]
+        if isinstance(inputs, np.ndarray) or not isinstance(inputs, Sequence):
+            inputs = [inputs]
+        if len(inputs) != len(names):
+            raise InputError(f"Got {len(inputs)} positional input(s), the model takes "
+                             f"{len(names)}: {self.signature.describe_inputs()}")
+        return list(inputs)
+
+    def run(self, inputs: Mapping[str, Any] | Sequence[Any]) -> dict[str, np.ndarray]:
+        """Run once; returns outputs by name as numpy arrays."""
+        return self._collect(self._vm["main"](*self.prepare(inputs)))
+
+    def _collect(self, result: Any) -> dict[str, np.ndarray]:
+        results = [result] if hasattr(result, "numpy") else list(result)
+        return {o["name"]: r.numpy() for o, r in zip(self.signature.outputs, results, strict=True)}
+
+    def benchmark(self, inputs: Mapping[str, Any] | Sequence[Any] | None = None,
+                  warmup: int = 3, repeat: int = 20, min_seconds: float = 0.0) -> BenchmarkResult:
+        """Time ``main`` after ``warmup`` runs: ``repeat`` timed runs (more if under
+        ``min_seconds``). Inputs default to random ones of the right shapes."""
+        tensors = self.prepare(inputs if inputs is not None else random_inputs(self.signature))
+        main = self._vm["main"]
+        for _ in range(warmup):
+            main(*tensors)
+        times, start = [], time.perf_counter()
+        while len(times) < repeat or time.perf_counter() - start < min_seconds:
+            t0 = time.perf_counter()
+            main(*tensors)
+            self._device.sync()
+            times.append((time.perf_counter() - t0) * 1e3)
+        return BenchmarkResult(statistics.median(times), statistics.fmean(times),
+                               statistics.pstdev(times), min(times), max(times), len(times))
+
+
+def random_inputs(signature: Signature, seed: int = 0) -> dict[str, np.ndarray]:
+    """Random inputs for a signature: normal floats, integers in [0, 2)."""
+    rng = np.random.default_rng(seed)
+    out = {}
+    for spec in signature.inputs:
+        if np.issubdtype(np.dtype(spec["dtype"]), np.floating):
+            out[spec["name"]] = rng.standard_normal(spec["shape"]).astype(spec["dtype"])
+        else:
+            out[spec["name"]] = rng.integers(0, 2, spec["shape"]).astype(spec["dtype"])
+    return out
+
+
+class LoadedModule(Runner):
+    """An exported module loaded back from its directory."""
+
+    def __init__(self, directory: Path, manifest: dict[str, Any], device: str):
+        import tvm
+
+        self.directory = directory
+        self.manifest = manifest
+        library = tvm.runtime.load_module(str(directory / manifest["library"]))
+        super().__init__(library, Signature(manifest["inputs"], manifest["outputs"]), device)
+
+
+def load(directory: str | Path, device: str | None = None) -> LoadedModule:
+    """Load a directory written by ``CompiledModel.export`` and return a runnable module.
+
+    Raises
+    ------
+    ExportError
+        If the directory, its manifest or its library is missing or was built for another
+        architecture.
+    """
+    directory = Path(directory)
+    manifest_path = directory / MANIFEST
+    if not manifest_path.is_file():
+        raise ExportError(f"{directory} is not an exported tvmcompress module: no {MANIFEST}")
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except json.JSONDecodeError as err:
+        raise ExportError(f"{manifest_path} is not valid JSON: {err}") from err
+    if manifest.get("format_version") != MANIFEST_VERSION:
+        raise ExportError(f"{manifest_path} has format_version {manifest.get('format_version')}; "
+                          f"this tvmcompress reads version {MANIFEST_VERSION}")
+    _check_runnable_here(manifest, directory)
+    try:
+        return LoadedModule(directory, manifest, device or manifest.get("device", "cpu"))
+    except Exception as err:
+        raise ExportError(f"Could not load {directory / manifest['library']}: {err}") from err
+
+
+def _check_runnable_here(manifest: dict[str, Any], directory: Path) -> None:
+    import platform
+
+    library = directory / manifest.get("library", LIBRARY)
+    if not library.is_file():
+        raise ExportError(f"{directory} has a manifest but no library {library.name}")
+    arch = manifest.get("arch")
+    here = {"amd64": "x86_64", "arm64": "aarch64"}.get(platform.machine().lower(),
+                                                        platform.machine().lower())
+    if arch and arch != here:
+        raise ExportError(f"{library} was built for {arch} (target {manifest.get('preset')}); "
+                          f"this machine is {here}. Run it on the board, or compile for this "
+                          f"machine with --target host")
