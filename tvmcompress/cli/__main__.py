@@ -1,0 +1,5 @@
+import sys
+
+from tvmcompress.cli import main
+
+sys.exit(main())
