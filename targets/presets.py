@@ -91,7 +91,8 @@ def _detect_host() -> dict[str, Any]:
     from tvm.target import codegen
 
     arch = host_arch()
-    triple = f"{arch}-linux-gnu" if platform.system() == "Linux" else codegen.llvm_get_system_triple()
+    linux = platform.system() == "Linux"
+    triple = f"{arch}-linux-gnu" if linux else str(codegen.llvm_get_system_triple())
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return {
         "kind": "llvm",
@@ -122,7 +123,7 @@ def _load(path: Path) -> TargetPreset:
                           f"known fields: {sorted(known)}")
     preset = TargetPreset(**data)
     try:
-        preset.tvm_target  # noqa: B018 - validates the dict with TVM itself
+        preset.tvm_target
     except Exception as err:
         raise TargetError(f"Target preset {preset.name!r}: TVM rejects its target: {err}") from err
     return preset
@@ -185,7 +186,7 @@ def _preset_from_dict(config: dict[str, Any]) -> TargetPreset:
                           target={k: v for k, v in config.items() if not k.startswith("feature.")},
                           host=host, arch=arch)
     try:
-        preset.tvm_target  # noqa: B018
+        preset.tvm_target
     except Exception as err:
         raise TargetError(f"TVM rejects the target dict {config}: {err}") from err
     return preset

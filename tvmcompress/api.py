@@ -148,7 +148,7 @@ class CompiledModel:
                 f"inputs=[{self.signature.describe_inputs()}])")
 
 
-def compile(  # noqa: A001 - the package's verb, as tvm.compile
+def compile(
     model: Model | str | Path | Any,
     target: str | dict | tvm.target.Target | TargetPreset = "host",
     config: CompressConfig | None = None,

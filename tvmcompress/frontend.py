@@ -35,6 +35,10 @@ ONNX_DTYPES = {
 }
 
 
+# TVM's importer dispatches on op type alone; it implements these domains' ops.
+IMPORTABLE_DOMAINS = ("ai.onnx", "com.microsoft")
+
+
 @dataclass(frozen=True)
 class TensorSpec:
     """Name, static shape and dtype of one model input or output."""
@@ -91,12 +95,12 @@ def load(
     _check(model, name)
     _drop_initializer_inputs(model)
     shapes = _fix_input_shapes(model, input_shapes or {}, name)
-    model = _fold(model, shapes, name)
+    model, notes = _fold(model, shapes, name)
     _check_supported(model, name)
     mod = _import(model, shapes, name)
-    inputs = [TensorSpec(n, tuple(s), _dtype_of(_graph_input(model, n), n)) for n, s in shapes.items()]
-    outputs = _output_specs(model, mod)
-    return Model(model, mod, inputs, outputs, source=name)
+    inputs = [TensorSpec(n, tuple(s), _dtype_of(_graph_input(model, n), n))
+              for n, s in shapes.items()]
+    return Model(model, mod, inputs, _output_specs(model, mod), source=name, notes=notes)
 
 
 def _read(source: Any, example_inputs: Sequence[Any] | None) -> tuple[onnx.ModelProto, str]:
@@ -183,7 +187,8 @@ def _fix_input_shapes(
     if dynamic:
         raise InputError(
             f"{name} has dynamic input dimensions; give static shapes for them with "
-            f"input_shapes={{name: shape}} (CLI: --input-shape NAME:D1,D2,...): " + "; ".join(dynamic)
+            "input_shapes={name: shape} (CLI: --input-shape NAME:D1,D2,...): "
+            + "; ".join(dynamic)
         )
     return shapes
 
@@ -194,12 +199,15 @@ def _check_given_shape(name: str, declared: list, shape: list[int]) -> None:
                          f"declares rank {len(declared)}: {declared}")
     for axis, (want, got) in enumerate(zip(declared, shape, strict=True)):
         if got <= 0 or (isinstance(want, int) and want != got):
+            allowed = want if isinstance(want, int) else "a positive integer"
             raise InputError(f"input_shapes[{name!r}] = {shape}: dimension {axis} must be "
-                             f"{want if isinstance(want, int) else 'a positive integer'}, got {got}")
+                             f"{allowed}, got {got}")
 
 
-def _fold(model: onnx.ModelProto, shapes: dict[str, list[int]], name: str) -> onnx.ModelProto:
-    """Shape inference + constant folding; on failure keep the model as it is."""
+def _fold(
+    model: onnx.ModelProto, shapes: dict[str, list[int]], name: str
+) -> tuple[onnx.ModelProto, list[str]]:
+    """Shape inference + constant folding; on failure keep the model as it is, with a note."""
     import onnxsim
 
     try:
@@ -207,9 +215,10 @@ def _fold(model: onnx.ModelProto, shapes: dict[str, list[int]], name: str) -> on
             folded, _ = onnxsim.simplify(model, overwrite_input_shapes=shapes,
                                          perform_optimization=False)
     except Exception as err:  # onnxsim's failures are not the user's: import as is.
-        logger.warning("Constant folding of %s failed (%s); importing it unfolded", name, err)
-        return model
-    return folded
+        note = f"constant folding of {name} failed ({err}); imported unfolded"
+        logger.warning("%s", note)
+        return model, [note]
+    return folded, []
 
 
 def _check_supported(model: onnx.ModelProto, name: str) -> None:
@@ -220,7 +229,7 @@ def _check_supported(model: onnx.ModelProto, name: str) -> None:
     first_use: dict[tuple[str, str], str] = {}
     for i, node in enumerate(model.graph.node):
         domain = node.domain or "ai.onnx"
-        if domain not in ("ai.onnx", "") or node.op_type not in supported:
+        if domain not in IMPORTABLE_DOMAINS or node.op_type not in supported:
             first_use.setdefault((domain, node.op_type), node.name or f"#{i}")
     if first_use:
         lines = [f"  {op} (domain {dom}, opset {opsets.get(dom, '?')}): first used by node {n!r}"
@@ -255,9 +264,10 @@ def _import(model: onnx.ModelProto, shapes: dict[str, list[int]], name: str) -> 
         where = (f"node {node.name!r} (op {node.op_type}, opset {opset})" if node is not None
                  else "graph inputs")
         first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise UnsupportedModelError(
-            f"TVM's ONNX importer failed on {name} at {where}: {first_line}"
-        ) from err
+        error = UnsupportedModelError(
+            f"TVM's ONNX importer failed on {name} at {where}: {first_line}")
+        error.tvm_error = err  # the full TVM error, for bug reports
+        raise error from None  # the user's first sight is the node, not TVM's stack
     return tvm.relax.transform.FoldConstant()(mod)
 
 

@@ -21,7 +21,9 @@ def ort_session(model: onnx.ModelProto | str, threads: int | None = None) -> Any
     return ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
 
 
-def ort_run(model: onnx.ModelProto | str, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+def ort_run(
+    model: onnx.ModelProto | str, inputs: Mapping[str, np.ndarray]
+) -> dict[str, np.ndarray]:
     """Outputs of ``model`` on ``inputs`` by name, computed by onnxruntime."""
     session = ort_session(model)
     names = [o.name for o in session.get_outputs()]

@@ -75,7 +75,8 @@ class Runner:
             array = np.asarray(value)
             if tuple(array.shape) != tuple(spec["shape"]):
                 raise InputError(f"Input {spec['name']!r} has shape {list(array.shape)}, expected "
-                                 f"{list(spec['shape'])}. Inputs: {self.signature.describe_inputs()}")
+                                 f"{list(spec['shape'])}. "
+                                 f"Inputs: {self.signature.describe_inputs()}")
             if array.dtype != np.dtype(spec["dtype"]):
                 raise InputError(f"Input {spec['name']!r} has dtype {array.dtype}, expected "
                                  f"{spec['dtype']} (use .astype('{spec['dtype']}')). "

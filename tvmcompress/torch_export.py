@@ -23,7 +23,8 @@ def export_torch(module: Any, example_inputs: Sequence[Any] | None) -> onnx.Mode
 
     if example_inputs is None:
         raise InputError("Loading a torch.nn.Module needs example_inputs: a tuple of tensors "
-                         "with the shapes to compile for, e.g. (torch.randn(1, 3, 224, 224),)")
+                         "with the shapes to compile for, e.g. tc.load(module, example_inputs="
+                         "(torch.randn(1, 3, 224, 224),))")
     if isinstance(example_inputs, torch.Tensor):
         example_inputs = (example_inputs,)
     example_inputs = tuple(example_inputs)
