@@ -54,7 +54,7 @@ def relax_pipeline(target: tvm.target.Target, info: BuildInfo) -> tvm.transform.
                  if isinstance(f, tvm.tirx.PrimFunc)]
         info.kernels = len(funcs)
         info.unscheduled = sorted(n for n, f in funcs
-                                  if not (f.attrs and f.attrs.get("tir.is_scheduled")))
+                                  if not (f.attrs and f.attrs.get("tirx.is_scheduled")))
         return mod
 
     passes = (backend.library_dispatch_passes(target) + fuse
