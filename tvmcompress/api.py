@@ -15,6 +15,7 @@ import numpy as np
 import tvm
 
 from tvmcompress import reference, runtime
+from tvmcompress.bundle import add_deploy_files
 from tvmcompress.config import CompressConfig
 from tvmcompress.errors import ConfigError, ExportError, TargetError
 from tvmcompress.frontend import Model, load
@@ -30,13 +31,15 @@ class CompiledModel:
     """A model compiled for one target: run, benchmark, export, report."""
 
     def __init__(self, model: Model, preset: TargetPreset, config: CompressConfig,
-                 ir: tvm.IRModule, executable: Any, build_info: BuildInfo):
+                 ir: tvm.IRModule, executable: Any, build_info: BuildInfo,
+                 pass_log: list[dict[str, Any]] | None = None):
         self.model = model
         self.preset = preset
         self.config = config
         self.ir = ir
         self.executable = executable
         self.build_info = build_info
+        self.pass_log = list(pass_log or [])
         self.signature = model.signature
         self._runner: runtime.Runner | None = None
 
@@ -73,7 +76,8 @@ class CompiledModel:
         (and a target that runs here), latency and fidelity against onnxruntime too."""
         rep = Report(self.preset.name, op_stats(self.model.mod), op_stats(self.ir),
                      self.build_info.seconds, self.build_info.kernels,
-                     list(self.build_info.unscheduled), notes=list(self.model.notes))
+                     list(self.build_info.unscheduled), notes=list(self.model.notes),
+                     passes=list(self.pass_log))
         if measure and not self.preset.why_not_runnable_here():
             self._measure(rep, repeat)
         elif measure:
@@ -112,7 +116,9 @@ class CompiledModel:
         }
 
     def export(self, directory: str | Path) -> Path:
-        """Write ``model.so`` and ``manifest.json`` to ``directory`` atomically.
+        """Write a deploy bundle to ``directory`` atomically: ``model.so``, ``manifest.json``,
+        the TVM runtime libraries for the target's architecture (``lib/``), the C++ API and an
+        example app (``include/``, ``main.cpp``, ``CMakeLists.txt``) and a README.
 
         The export is built in a temporary sibling directory and moved into place only when
         complete; an existing export there is replaced, anything else is refused.
@@ -124,7 +130,9 @@ class CompiledModel:
         staging.chmod(0o755)
         try:
             self.executable.export_library(str(staging / runtime.LIBRARY), **self._link_args())
-            (staging / runtime.MANIFEST).write_text(json.dumps(self.manifest(), indent=2) + "\n")
+            manifest = self.manifest()
+            (staging / runtime.MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+            add_deploy_files(staging, self.preset, manifest)
             _replace(staging, directory)
         except Exception as err:
             shutil.rmtree(staging, ignore_errors=True)
@@ -181,9 +189,9 @@ def compile(
     elif input_shapes:
         raise ConfigError("input_shapes applies when loading; this model is already loaded")
     preset = resolve_target(target)
-    ir = run_passes(model.mod, config)
+    ir, pass_log = run_passes(model.mod, config)
     executable, info = build(ir, preset)
-    return CompiledModel(model, preset, config, ir, executable, info)
+    return CompiledModel(model, preset, config, ir, executable, info, pass_log)
 
 
 def _median_ms(fn, repeat: int) -> float:

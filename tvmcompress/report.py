@@ -88,6 +88,7 @@ class Report:
     latency_ms: dict[str, float] = field(default_factory=dict)
     fidelity: dict[str, dict[str, float]] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    passes: list[dict[str, Any]] = field(default_factory=list)
 
     @staticmethod
     def _total(stats: dict[str, OpStats], attr: str) -> int:
@@ -100,7 +101,8 @@ class Report:
         return {"target": self.target, "original": rows(self.original),
                 "compiled": rows(self.compiled), "compile_seconds": self.compile_seconds,
                 "kernels": self.kernels, "unscheduled": self.unscheduled,
-                "latency_ms": self.latency_ms, "fidelity": self.fidelity, "notes": self.notes}
+                "latency_ms": self.latency_ms, "fidelity": self.fidelity, "notes": self.notes,
+                "passes": self.passes}
 
     def __str__(self) -> str:
         lines = [f"tvmcompress report (target {self.target})",
@@ -124,6 +126,7 @@ class Report:
         for name, f in self.fidelity.items():
             lines.append(f"fidelity {name:<27} max abs err {f['max_abs_err']:.3g}, "
                          f"cosine {f['cosine']:.6f}")
+        lines.extend(_pass_tables(self.passes))
         lines.extend(f"note: {n}" for n in self.notes)
         return "\n".join(lines)
 
@@ -131,3 +134,22 @@ class Report:
 def _cells(s: OpStats, count_width: int = 7) -> str:
     return (f"{s.count:>{count_width}}{s.params:>12,}{s.weight_bytes / 1e6:>11.3f}"
             f"{s.macs / 1e6:>11.2f}")
+
+
+def _pass_tables(rows: list[dict[str, Any]]) -> list[str]:
+    """One table per pass, its columns the union of the fields its rows recorded."""
+    lines = []
+    for name in dict.fromkeys(r["pass"] for r in rows):
+        own = [{k: v for k, v in r.items() if k != "pass"} for r in rows if r["pass"] == name]
+        columns = list(dict.fromkeys(k for r in own for k in r))
+        cells = [[_fmt(r.get(c, "")) for c in columns] for r in own]
+        widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
+        lines.append(f"pass {name}:")
+        for row in [columns, *cells]:
+            lines.append(("  " + "  ".join(v.ljust(w) for v, w in zip(row, widths,
+                                                                   strict=True))).rstrip())
+    return lines
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)

@@ -8,16 +8,19 @@ import sys
 import time
 from pathlib import Path
 
+from tvmcompress.cli.compress_flags import add_compress_arguments, compress_config
 from tvmcompress.errors import ConfigError, InputError
 
 
-def add_model_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("model", help="the .onnx model file")
+def add_model_arguments(parser: argparse.ArgumentParser,
+                        model_help: str = "the .onnx model file") -> None:
+    parser.add_argument("model", help=model_help)
     parser.add_argument("--target", default="host",
                         help="target preset (see `tvmcompress targets`) or a JSON target dict; "
                              "default: host")
     parser.add_argument("--input-shape", action="append", default=[], metavar="NAME:D1,D2,...",
                         help="static shape of an input with dynamic dimensions; repeatable")
+    add_compress_arguments(parser)
 
 
 def parse_input_shapes(specs: list[str]) -> dict[str, list[int]]:
@@ -71,12 +74,14 @@ def compile_from_args(args: argparse.Namespace):
 
     shapes = parse_input_shapes(args.input_shape)
     target = tc.resolve_target(parse_target(args.target))
-    print(f"model {args.model}, target {target.name}, input shapes {shapes or 'from the model'}",
-          file=sys.stderr)
+    config = compress_config(args)
+    passes = ", ".join(type(p).__name__ for p in config.passes) or "none"
+    print(f"model {args.model}, target {target.name}, input shapes {shapes or 'from the model'}, "
+          f"passes: {passes}", file=sys.stderr)
     with step(f"Loading {args.model} (check, fix shapes, fold, import)"):
         model = tc.load(args.model, input_shapes=shapes)
-    with step(f"Compiling for {target.name}"):
-        return tc.compile(model, target)
+    with step(f"Compressing and compiling for {target.name}"):
+        return tc.compile(model, target, config=config)
 
 
 @contextlib.contextmanager

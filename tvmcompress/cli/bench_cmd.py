@@ -5,15 +5,17 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from tvmcompress.cli._common import compile_from_args, load_inputs, parse_input_shapes
+from tvmcompress.cli._common import (
+    add_model_arguments,
+    compile_from_args,
+    load_inputs,
+    parse_input_shapes,
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("model", help="an exported module directory, or an .onnx model to "
-                                      "compile for --target first")
-    parser.add_argument("--target", default="host", help="target preset for an .onnx model")
-    parser.add_argument("--input-shape", action="append", default=[], metavar="NAME:D1,D2,...",
-                        help="static shape of a dynamic input of an .onnx model; repeatable")
+    add_model_arguments(parser, "an exported module directory, or an .onnx model to compile "
+                                "for --target (with the compression flags) first")
     parser.add_argument("--inputs", metavar="FILE.npz", help="inputs; default: random")
     parser.add_argument("--warmup", type=int, default=3, help="untimed runs first (default 3)")
     parser.add_argument("--repeat", type=int, default=20, help="timed runs (default 20)")

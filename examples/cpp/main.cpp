@@ -1,0 +1,1 @@
+../../tvmcompress/cpp/main.cpp

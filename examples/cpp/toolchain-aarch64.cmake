@@ -1,0 +1,1 @@
+../../tvmcompress/cpp/toolchain-aarch64.cmake
