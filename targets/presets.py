@@ -57,11 +57,11 @@ class TargetPreset:
 
     def why_not_runnable_here(self) -> str:
         """Empty when code built for this preset runs on this machine, else the reason."""
+        if self.arch != host_arch():
+            return f"it is built for {self.arch}, this machine is {host_arch()}"
         if self.is_gpu:
             device = tvm.device(self.target["kind"], 0)
             return "" if device.exist else f"this machine has no {self.target['kind']} device"
-        if self.arch != host_arch():
-            return f"it is built for {self.arch}, this machine is {host_arch()}"
         missing = sorted(_cpu_features(self.target) - _cpu_features(_detect_host()))
         if missing:
             return f"this CPU lacks features the target uses: {', '.join(missing[:6])}"
@@ -159,22 +159,42 @@ def resolve_target(target: str | dict | tvm.target.Target | TargetPreset) -> Tar
                           f"{', '.join(presets)}. A TVM target dict is accepted too, e.g. "
                           '{"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "znver3"}.')
     if isinstance(target, tvm.target.Target):
-        target = dict(json.loads(target.export()) if isinstance(target.export(), str)
-                      else target.export())
+        target = _plain(target.export())
     if not isinstance(target, dict):
         raise TargetError(f"target must be a preset name, a TVM target dict or a "
                           f"tvm.target.Target, got {type(target).__name__}")
     return _preset_from_dict(dict(target))
 
 
+def _plain(value: Any) -> Any:
+    """TVM's Map/Array/String (from ``Target.export()``) as plain JSON-able Python values."""
+    if isinstance(value, str | int | float | bool) or value is None:
+        return value if not isinstance(value, str) else str(value)
+    if isinstance(value, tvm.target.Target):
+        return _plain(value.export())
+    if hasattr(value, "items"):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if hasattr(value, "__iter__"):
+        return [_plain(v) for v in value]
+    return str(value)
+
+
+# The compiler that links libraries for another CPU architecture, and its Debian package.
+CROSS_COMPILERS = {
+    "aarch64": ("aarch64-linux-gnu-g++", "g++-aarch64-linux-gnu"),
+    "armv7": ("arm-linux-gnueabihf-g++", "g++-arm-linux-gnueabihf"),
+}
+
+
 def _preset_from_dict(config: dict[str, Any]) -> TargetPreset:
+    config = _plain(config)
     host = config.pop("host", None)
-    if isinstance(host, tvm.target.Target):
-        host = dict(host.export())
     for key in ("tag", "keys", "features"):
         config.pop(key, None)
         if isinstance(host, dict):
             host.pop(key, None)
+    if isinstance(host, dict):
+        host = {k: v for k, v in host.items() if not k.startswith("feature.")}
     if "kind" not in config:
         raise TargetError(f"Target dict {config} has no 'kind' (e.g. 'llvm' or 'cuda')")
     triple = (host or config).get("mtriple", "")
@@ -182,9 +202,10 @@ def _preset_from_dict(config: dict[str, Any]) -> TargetPreset:
     arch = {"armv7a": "armv7", "armv7": "armv7", "arm64": "aarch64"}.get(arch, arch)
     if config["kind"] != "llvm" and host is None:
         host = {"kind": "llvm", "mtriple": f"{host_arch()}-linux-gnu"}
+    cc, package = CROSS_COMPILERS.get(arch, (None, None)) if arch != host_arch() else (None, None)
     preset = TargetPreset(name="custom", description="User-supplied TVM target dict",
                           target={k: v for k, v in config.items() if not k.startswith("feature.")},
-                          host=host, arch=arch)
+                          host=host, export_cc=cc, debian_package=package, arch=arch)
     try:
         preset.tvm_target
     except Exception as err:

@@ -131,6 +131,7 @@ class CompiledModel:
         try:
             self.executable.export_library(str(staging / runtime.LIBRARY), **self._link_args())
             manifest = self.manifest()
+            manifest["library_sha256"] = runtime.library_digest(staging / runtime.LIBRARY)
             (staging / runtime.MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
             add_deploy_files(staging, self.preset, manifest)
             _replace(staging, directory)

@@ -137,11 +137,16 @@ def _check(model: onnx.ModelProto, name: str) -> None:
 
 
 def _drop_initializer_inputs(model: onnx.ModelProto) -> None:
-    """IR v3 models list weights among graph inputs; they are constants, not inputs."""
+    """IR v3 models list weights among graph inputs; they are constants, not inputs.
+
+    Initializers outside the inputs are valid from IR version 4 on, so the model says so.
+    """
     weights = {t.name for t in model.graph.initializer}
     keep = [i for i in model.graph.input if i.name not in weights]
-    del model.graph.input[:]
-    model.graph.input.extend(keep)
+    if len(keep) != len(model.graph.input):
+        del model.graph.input[:]
+        model.graph.input.extend(keep)
+        model.ir_version = max(model.ir_version, 4)
 
 
 def _graph_input(model: onnx.ModelProto, name: str) -> onnx.ValueInfoProto:

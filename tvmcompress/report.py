@@ -65,7 +65,9 @@ def op_stats(mod: tvm.IRModule) -> dict[str, OpStats]:
         row.count += 1
         row.macs += _macs(op, expr, _shape(expr))
         for arg in expr.args:
-            if isinstance(arg, Constant) and arg not in seen_constants:
+            # Scalars (GELU's 0.5, a divisor) are literals of the formula, not parameters.
+            if isinstance(arg, Constant) and arg not in seen_constants \
+                    and math.prod(arg.ty.shape.values if arg.ty.shape else ()) > 1:
                 seen_constants.add(arg)
                 value = arg.value.numpy()
                 row.params += value.size

@@ -163,13 +163,7 @@ def load(directory: str | Path, device: str | None = None) -> LoadedModule:
     manifest_path = directory / MANIFEST
     if not manifest_path.is_file():
         raise ExportError(f"{directory} is not an exported tvmcompress module: no {MANIFEST}")
-    try:
-        manifest = json.loads(manifest_path.read_text())
-    except json.JSONDecodeError as err:
-        raise ExportError(f"{manifest_path} is not valid JSON: {err}") from err
-    if manifest.get("format_version") != MANIFEST_VERSION:
-        raise ExportError(f"{manifest_path} has format_version {manifest.get('format_version')}; "
-                          f"this tvmcompress reads version {MANIFEST_VERSION}")
+    manifest = read_manifest(manifest_path)
     _check_runnable_here(manifest, directory)
     try:
         return LoadedModule(directory, manifest, device or manifest.get("device", "cpu"))
@@ -177,12 +171,49 @@ def load(directory: str | Path, device: str | None = None) -> LoadedModule:
         raise ExportError(f"Could not load {directory / manifest['library']}: {err}") from err
 
 
+def read_manifest(path: Path) -> dict[str, Any]:
+    """Parse and validate ``manifest.json``; every problem is an ExportError naming it."""
+    try:
+        manifest = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ExportError(f"{path} is not valid JSON: {err}") from err
+    if not isinstance(manifest, dict):
+        raise ExportError(f"{path} must hold a JSON object, not a {type(manifest).__name__}")
+    if manifest.get("format_version") != MANIFEST_VERSION:
+        raise ExportError(f"{path} has format_version {manifest.get('format_version')}; "
+                          f"this tvmcompress reads version {MANIFEST_VERSION}")
+    for key in ("library", "inputs", "outputs"):
+        if key not in manifest:
+            raise ExportError(f"{path} lacks the field {key!r}; re-export the model")
+    for key in ("inputs", "outputs"):
+        specs = manifest[key]
+        if not isinstance(specs, list) or not all(
+                isinstance(s, dict) and {"name", "shape", "dtype"} <= set(s) for s in specs):
+            raise ExportError(f"{path}: {key!r} must be a list of {{name, shape, dtype}} objects")
+    return manifest
+
+
+def library_digest(path: Path) -> str:
+    """sha256 of a library file, so a truncated or swapped copy is caught before dlopen."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
 def _check_runnable_here(manifest: dict[str, Any], directory: Path) -> None:
     import platform
 
-    library = directory / manifest.get("library", LIBRARY)
+    library = directory / manifest["library"]
     if not library.is_file():
         raise ExportError(f"{directory} has a manifest but no library {library.name}")
+    expected = manifest.get("library_sha256")
+    if expected and library_digest(library) != expected:
+        raise ExportError(f"{library} does not match the sha256 in {MANIFEST}: the file is "
+                          "truncated or was replaced; copy the whole export again")
     arch = manifest.get("arch")
     here = {"amd64": "x86_64", "arm64": "aarch64"}.get(platform.machine().lower(),
                                                         platform.machine().lower())

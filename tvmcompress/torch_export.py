@@ -18,6 +18,7 @@ def export_torch(module: Any, example_inputs: Sequence[Any] | None) -> onnx.Mode
     """Trace ``module`` on ``example_inputs`` with torch's TorchScript ONNX exporter.
 
     Input names are the parameter names of ``forward``; shapes are those of the examples.
+    Outputs are named ``output`` (or ``output0``, ``output1``, ... for several).
     """
     import torch
 
@@ -36,7 +37,12 @@ def export_torch(module: Any, example_inputs: Sequence[Any] | None) -> onnx.Mode
     was_training = module.training
     module.eval()
     try:
+        with torch.no_grad():
+            outputs = module(*example_inputs)
+        count = 1 if isinstance(outputs, torch.Tensor) else len(outputs)
+        output_names = ["output"] if count == 1 else [f"output{i}" for i in range(count)]
         torch.onnx.export(module, example_inputs, buffer, input_names=names,
+                          output_names=output_names,
                           opset_version=OPSET, dynamo=False, do_constant_folding=True)
     except Exception as err:
         raise UnsupportedModelError(
