@@ -7,6 +7,7 @@ so the report can warn about them.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass, field
 
@@ -68,7 +69,12 @@ def build(mod: tvm.IRModule, preset: TargetPreset) -> tuple[relax.VMExecutable, 
     target = preset.tvm_target
     info = BuildInfo()
     start = time.perf_counter()
-    with target:
+    from tvmcompress import cuda
+
+    is_cuda = target.kind.name == "cuda"  # device code (SASS) even without a GPU, checked here
+    with cuda.device_codegen() if is_cuda else contextlib.nullcontext(), target:
         executable = tvm.compile(mod, target, relax_pipeline=relax_pipeline(target, info))
+    if is_cuda:
+        cuda.check_executable(executable, str(target.attrs["arch"]))
     info.seconds = time.perf_counter() - start
     return executable, info

@@ -247,3 +247,51 @@ def test_download_failure_names_the_command(tmp_path, monkeypatch):
     assert "network unreachable" in message
     assert "pip download --no-deps --only-binary=:all: --platform manylinux_2_28_aarch64" in message
     assert f"-d {tmp_path}/runtime/aarch64/" in message and "apache-tvm-ffi==" in message
+
+
+def test_separate_weights_match_embedded(export, x86_runner, workdir, tmp_path):
+    """weights.params beside model.so: Python and C++ give the embedded export's outputs."""
+    embedded = export("cnn", "host")
+    compiled = tc.compile(zoo.build("cnn", 1), "host", input_shapes={"x": [1, 3, 32, 32]})
+    separate = compiled.export(workdir / "cnn-host-separate", separate_weights=True)
+    assert (separate / "weights.params").is_file()
+    inputs = _inputs("cnn")
+    expected = tc.runtime.load(embedded).run(inputs)["y"]
+    assert np.array_equal(tc.runtime.load(separate).run(inputs)["y"], expected)
+    actual = _run_bundle(x86_runner, separate, inputs, workdir / "out-separate")
+    assert np.array_equal(actual["y"], expected)
+    copy = tmp_path / "no-weights"
+    shutil.copytree(separate, copy, symlinks=True)
+    (copy / "weights.params").unlink()
+    _fails_cleanly(_run([_install(x86_runner, copy), copy]), "weights.params is missing")
+    with pytest.raises(ExportError, match=r"weights\.params is missing"):
+        tc.runtime.load(copy)
+
+
+def test_cuda_device_option(export, x86_runner):
+    """--device cuda builds into the runner; without a GPU it fails with a clear message."""
+    cpu_bundle, cuda_bundle = export("mlp", "host"), export("mlp", "cuda-sm86")
+    runner = _install(x86_runner, cuda_bundle)
+    _fails_cleanly(_run([_install(x86_runner, cpu_bundle), cpu_bundle, "--device", "cuda"]),
+                   "device 'cuda' requested", "compiled for 'cpu'")
+    proc = _run([runner, cuda_bundle, "--device", "cuda", "--out", cuda_bundle / "out"])
+    if tc.resolve_target("cuda-sm86").why_not_runnable_here():  # no GPU here (CI)
+        _fails_cleanly(proc, "libtvm_runtime_cuda.so")
+    else:
+        _check(proc)
+
+
+def test_wrong_architecture_is_a_clear_error(export, x86_runner, tmp_path):
+    board = export("cnn", BOARDS[0])
+    runner = _install(x86_runner, export("cnn", "host"))
+    _fails_cleanly(_run([runner, board]), "is built for aarch64", "runs on x86_64")
+    with pytest.raises(ExportError, match="built for aarch64"):
+        tc.runtime.load(board)
+    copy = tmp_path / "lying"  # a manifest that claims x86_64 for an aarch64 library
+    shutil.copytree(board, copy, ignore=shutil.ignore_patterns("bin"))
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["arch"] = "x86_64"
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ExportError, match="Could not load"):
+        tc.runtime.load(copy)
+    _fails_cleanly(_run([runner, copy]), "cannot load", "model.so")

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import tvm
 
-from tvmcompress import reference, runtime
+from tvmcompress import cuda, reference, runtime, weights
 from tvmcompress.bundle import add_deploy_files
 from tvmcompress.config import CompressConfig
 from tvmcompress.errors import ConfigError, ExportError, TargetError
@@ -113,12 +113,17 @@ class CompiledModel:
             "config": self.config.to_dict(),
             "versions": {pkg: _version(pkg) for pkg in
                          ("tvmcompress", "apache-tvm", "apache-tvm-ffi", "onnx")},
+            **({"cuda": cuda.manifest_entry(self.preset)} if self.device == "cuda" else {}),
         }
 
-    def export(self, directory: str | Path) -> Path:
+    def export(self, directory: str | Path, separate_weights: bool = False) -> Path:
         """Write a deploy bundle to ``directory`` atomically: ``model.so``, ``manifest.json``,
         the TVM runtime libraries for the target's architecture (``lib/``), the C++ API and an
         example app (``include/``, ``main.cpp``, ``CMakeLists.txt``) and a README.
+
+        Weights are embedded in ``model.so``; with ``separate_weights`` the model is rebuilt to
+        take them from ``weights.params`` (loaded by ``tc.runtime.load`` and the C++ API).
+        CUDA libraries are checked to hold device code for the preset's GPU.
 
         The export is built in a temporary sibling directory and moved into place only when
         complete; an existing export there is replaced, anything else is refused.
@@ -129,8 +134,16 @@ class CompiledModel:
         staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
         staging.chmod(0o755)
         try:
-            self.executable.export_library(str(staging / runtime.LIBRARY), **self._link_args())
             manifest = self.manifest()
+            executable = self.executable
+            if separate_weights:
+                executable, manifest["weights"] = weights.export_separately(
+                    self.ir, self.preset, staging)
+            library = staging / runtime.LIBRARY
+            executable.export_library(str(library), **self._link_args())
+            if self.device == "cuda":
+                manifest["cuda"]["device_code"] = [str(image) for image in cuda.check_device_code(
+                    library.read_bytes(), self.preset.target["arch"], str(library))]
             manifest["library_sha256"] = runtime.library_digest(staging / runtime.LIBRARY)
             (staging / runtime.MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
             add_deploy_files(staging, self.preset, manifest)

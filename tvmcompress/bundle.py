@@ -192,6 +192,8 @@ def _readme(preset: Any, manifest: dict[str, Any], arch: str, cuda: bool) -> str
         "Outputs: " + ", ".join(spec(t) for t in manifest.get("outputs", [])) + ".", "",
         "| file | what |", "|---|---|",
         "| `model.so`, `manifest.json` | the compiled model and its signature |",
+        *(["| `weights.params` | the weights (exported separately; loaded by the runtimes) |"]
+          if manifest.get("weights") else []),
         "| `lib/` | TVM runtime: `libtvm_runtime.so`, `libtvm_ffi.so`"
         + (f", `{CUDA_RUNTIME}`" if cuda else "") + " |",
         "| `include/` | `tvmcompress.hpp` (C++17 API) and the tvm_ffi headers |",
@@ -243,14 +245,7 @@ def _readme(preset: Any, manifest: dict[str, Any], arch: str, cuda: bool) -> str
                   "--out out",
                   "```", ""]
     if cuda:
-        major = getattr(preset, "cuda_major", None) or 13
-        lines += ["## CUDA", "",
-                  f"`lib/{CUDA_RUNTIME}` links the CUDA {major} runtime "
-                  f"(`libcudart.so.{major}`) and the NVIDIA driver (`libcuda.so.1`): install CUDA "
-                  f"{major} (or just its runtime library) on the target. JetPack 6 ships CUDA 12, "
-                  f"which does not satisfy it. `tvmcompress.hpp` loads `lib/{CUDA_RUNTIME}` "
-                  "and runs the model on GPU 0 with the host CPU for shape functions; inputs are "
-                  "copied from host memory and outputs back to it.", ""]
+        lines += _cuda_readme(preset, manifest)
     lines += [
         "## C++ API (`include/tvmcompress.hpp`)", "",
         "```cpp", '#include "tvmcompress.hpp"', "",
@@ -263,3 +258,19 @@ def _readme(preset: Any, manifest: dict[str, Any], arch: str, cuda: bool) -> str
         "`-Wl,--no-as-needed` for libtvm_runtime).", "",
     ]
     return "\n".join(lines)
+
+
+def _cuda_readme(preset: Any, manifest: dict[str, Any]) -> list[str]:
+    info = manifest.get("cuda") or {}
+    major = info.get("runtime_major") or getattr(preset, "cuda_major", None) or 13
+    code = ", ".join(info.get("device_code") or []) or f"SASS for {info.get('arch', '?')}"
+    return ["## CUDA", "",
+            f"`model.so` holds the kernels as {code} (compiled by nvcc {info.get('nvcc', '?')}): "
+            f"it runs on that GPU generation only. `lib/{CUDA_RUNTIME}` links the CUDA {major} "
+            f"runtime (`libcudart.so.{major}`) and the NVIDIA driver (`libcuda.so.1`): the "
+            f"target needs CUDA {major} (or just its runtime library) and a driver that supports "
+            f"it. JetPack 6 ships CUDA 12, which does not satisfy it: on a Jetson install CUDA "
+            f"{major} for Jetson or build TVM's runtime against JetPack's CUDA.", "",
+            f"`tvmcompress.hpp` loads `lib/{CUDA_RUNTIME}` and runs the model on a GPU "
+            "(`tvmcompress_run . --device cuda --device-id 0`) with the host CPU for shape "
+            "functions; inputs are copied from host memory and outputs back to it.", ""]

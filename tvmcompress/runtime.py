@@ -148,6 +148,15 @@ class LoadedModule(Runner):
         self.manifest = manifest
         library = tvm.runtime.load_module(str(directory / manifest["library"]))
         super().__init__(library, Signature(manifest["inputs"], manifest["outputs"]), device)
+        self._weights: list[Any] = []
+        if manifest.get("weights"):  # exported with separate_weights: passed after the inputs
+            from tvmcompress.weights import load_weights
+
+            self._weights = load_weights(directory / manifest["weights"]["file"],
+                                         manifest["weights"]["names"], self._device)
+
+    def prepare(self, inputs: Mapping[str, Any] | Sequence[Any]) -> list[Any]:
+        return super().prepare(inputs) + self._weights
 
 
 def load(directory: str | Path, device: str | None = None) -> LoadedModule:

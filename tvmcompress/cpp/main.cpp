@@ -1,11 +1,14 @@
 // Run a tvmcompress export from C++: read raw inputs, run, write raw outputs.
 //
-//   tvmcompress_run BUNDLE_DIR [--out DIR] [--repeat N] [INPUT.bin ...]
+//   tvmcompress_run BUNDLE_DIR [--out DIR] [--repeat N] [--device cpu|cuda] [--device-id N]
+//                   [INPUT.bin ...]
 //
 // Inputs are raw little-endian C-order buffers, one file per model input in manifest order;
 // with no input files, deterministic values are used (float: ((i % 17) - 8) / 8, integer and
 // bool: i % 2). Each output is written to DIR/<name>.bin (default DIR: ./out) as raw bytes.
-// --repeat N runs N more times and prints the median latency.
+// --repeat N runs N more times and prints the median latency. --device checks that the bundle
+// was compiled for that device (cuda bundles need lib/libtvm_runtime_cuda.so, CUDA 13 and a GPU);
+// --device-id picks the GPU.
 #include <sys/stat.h>
 
 #include <algorithm>
@@ -65,17 +68,23 @@ std::string SafeName(std::string name) {  // output names may hold '/' or ':'
 }
 
 int Run(int argc, char** argv) {
-  std::string bundle, out_dir = "out";
+  std::string bundle, out_dir = "out", device;
   std::vector<std::string> files;
-  int repeat = 0;
+  int repeat = 0, device_id = 0;
+  const std::string usage = std::string("usage: ") + argv[0] +
+      " BUNDLE_DIR [--out DIR] [--repeat N] [--device cpu|cuda] [--device-id N] [INPUT.bin ...]\n";
   for (int i = 1; i < argc; ++i) {
     std::string arg = argv[i];
     if (arg == "--out" && i + 1 < argc) {
       out_dir = argv[++i];
     } else if (arg == "--repeat" && i + 1 < argc) {
       repeat = std::max(0, std::atoi(argv[++i]));
+    } else if (arg == "--device" && i + 1 < argc) {
+      device = argv[++i];
+    } else if (arg == "--device-id" && i + 1 < argc) {
+      device_id = std::max(0, std::atoi(argv[++i]));
     } else if (arg.rfind("--", 0) == 0 || arg == "-h") {
-      std::cerr << "usage: " << argv[0] << " BUNDLE_DIR [--out DIR] [--repeat N] [INPUT.bin ...]\n";
+      std::cerr << usage;
       return 2;
     } else if (bundle.empty()) {
       bundle = arg;
@@ -84,10 +93,10 @@ int Run(int argc, char** argv) {
     }
   }
   if (bundle.empty()) {
-    std::cerr << "usage: " << argv[0] << " BUNDLE_DIR [--out DIR] [--repeat N] [INPUT.bin ...]\n";
+    std::cerr << usage;
     return 2;
   }
-  tvmcompress::Model model(bundle);
+  tvmcompress::Model model(bundle, device, device_id);
   std::cout << "model " << model.directory() << " (" << model.device() << ")\n";
   if (!files.empty() && files.size() != model.inputs().size())
     throw tvmcompress::Error("got " + std::to_string(files.size()) + " input file(s), the model takes " +

@@ -125,8 +125,12 @@ inline std::vector<TensorInfo> parse_specs(const ffi::json::Object& manifest, co
 
 class Model {
  public:
-  /*! \brief Load the export in `bundle_dir`: manifest.json, model.so (and lib/ for CUDA). */
-  explicit Model(const std::string& bundle_dir) : dir_(detail::absolute_dir(bundle_dir)) {
+  /*! \brief Load the export in `bundle_dir`: manifest.json, model.so (weights.params when
+   *  exported with separate weights, lib/ for CUDA). `device` ("cpu", "cuda"; empty: the
+   *  manifest's) must be the one the bundle was compiled for; `device_id` picks the GPU. */
+  explicit Model(const std::string& bundle_dir, const std::string& device = "",
+                 int device_id = 0)
+      : dir_(detail::absolute_dir(bundle_dir)) {
     namespace ffi = tvm::ffi;
     const std::string manifest_path = dir_ + "/manifest.json";
     std::ifstream file(manifest_path, std::ios::binary);
@@ -146,12 +150,20 @@ class Model {
       if (auto arch = manifest.Get(ffi::String("arch"))) arch_ = arch->cast<ffi::String>();
       inputs_ = detail::parse_specs(manifest, "inputs", manifest_path);
       outputs_ = detail::parse_specs(manifest, "outputs", manifest_path);
+      if (auto w = manifest.Get(ffi::String("weights"))) ParseWeights(w->cast<ffi::json::Object>());
     } catch (const ffi::Error& e) {
       throw Error(manifest_path + " is malformed: " + e.what());
     }
     if (!detail::exists(library_, false)) throw Error(dir_ + " has a manifest but no " + library_);
+    if (arch_ != "?" && arch_ != kHostArch)  // dlopen of a foreign ELF only says "wrong class"
+      throw Error(library_ + " is built for " + arch_ + ", but this program runs on " +
+                  kHostArch + ": build tvmcompress_run for the bundle's architecture (see its "
+                  "README) and run it there, or export the model for this machine");
+    if (!device.empty() && device != device_)
+      throw Error("device '" + device + "' requested, but " + dir_ + " is compiled for '" +
+                  device_ + "': export the model for a " + device + " target preset");
     if (device_ == "cuda") {
-      dev_ = DLDevice{kDLCUDA, 0};
+      dev_ = DLDevice{kDLCUDA, device_id};
       LoadRuntimePlugin("libtvm_runtime_cuda.so", "the CUDA 13 runtime (libcudart.so.13) and "
                         "the NVIDIA driver (libcuda.so.1)");
     } else if (device_ != "cpu") {
@@ -167,6 +179,7 @@ class Model {
                                       kPooled, static_cast<int>(kDLCPU), 0, kPooled);
       }
       main_ = Get(vm_, "main");
+      LoadWeights();
       auto alloc = ffi::Function::GetGlobalRequired("runtime.TVMTensorAllocWithScope");
       for (const TensorInfo& t : inputs_)
         staged_.push_back(alloc(ffi::Shape(t.shape), t.dl_dtype, dev_, nullptr).cast<ffi::Tensor>());
@@ -195,6 +208,7 @@ class Model {
         copy_in(staged_[i], const_cast<void*>(inputs[i].data), inputs[i].nbytes);
         args.emplace_back(staged_[i]);
       }
+      for (const ffi::Tensor& w : weights_) args.emplace_back(w);
       ffi::Any result;
       main_.CallPacked(args.data(), static_cast<int32_t>(args.size()), &result);
       std::vector<ffi::Any> results;
@@ -232,6 +246,53 @@ class Model {
  private:
   static constexpr int kPooled = 2;  // relax.VirtualMachine.POOLED_ALLOCATOR
 
+#if defined(__x86_64__)
+  static constexpr const char* kHostArch = "x86_64";
+#elif defined(__aarch64__)
+  static constexpr const char* kHostArch = "aarch64";
+#elif defined(__arm__)
+  static constexpr const char* kHostArch = "armv7";
+#else
+  static constexpr const char* kHostArch = "unknown";
+#endif
+
+  void ParseWeights(const tvm::ffi::json::Object& entry) {
+    namespace ffi = tvm::ffi;
+    const std::string where = dir_ + "/manifest.json: weights";
+    weights_file_ = dir_ + "/" + std::string(detail::field(entry, "file", where).cast<ffi::String>());
+    for (const ffi::Any& name : detail::field(entry, "names", where).cast<ffi::json::Array>())
+      weight_names_.push_back(std::string(name.cast<ffi::String>()));
+  }
+
+  // Weights exported separately (weights.params, TVM's param-dict format) are passed to main
+  // after the inputs, in manifest order, on the model's device.
+  void LoadWeights() {
+    namespace ffi = tvm::ffi;
+    if (weight_names_.empty()) return;
+    if (!detail::exists(weights_file_, false))
+      throw Error("weights file " + weights_file_ + " is missing: this bundle was exported with "
+                  "separate weights; copy weights.params next to model.so");
+    auto params = ffi::Function::GetGlobalRequired("runtime.LoadParamsFromFile")(
+        ffi::String(weights_file_)).cast<ffi::Map<ffi::String, ffi::Tensor>>();
+    auto alloc = ffi::Function::GetGlobalRequired("runtime.TVMTensorAllocWithScope");
+    auto copy = ffi::Function::GetGlobalRequired("runtime.TVMTensorCopyFromTo");
+    for (const std::string& name : weight_names_) {
+      auto found = params.find(ffi::String(name));
+      if (found == params.end())
+        throw Error("weights file " + weights_file_ + " has no weight '" + name +
+                    "': it does not belong to this model.so");
+      ffi::Tensor host = (*found).second;
+      if (dev_.device_type == kDLCPU) {
+        weights_.push_back(host);
+        continue;
+      }
+      ffi::Shape shape(std::vector<int64_t>(host.shape().begin(), host.shape().end()));
+      ffi::Tensor on_device = alloc(shape, host.dtype(), dev_, nullptr).cast<ffi::Tensor>();
+      copy(host, on_device);
+      weights_.push_back(on_device);
+    }
+  }
+
   static tvm::ffi::Function Get(const tvm::ffi::Module& module, const char* name) {
     auto f = module->GetFunction(name);
     if (!f.has_value()) throw Error(std::string("the module has no function ") + name);
@@ -264,7 +325,9 @@ class Model {
   std::vector<TensorInfo> inputs_, outputs_;
   tvm::ffi::Module vm_{tvm::ffi::UnsafeInit{}};
   tvm::ffi::Function main_;
-  std::vector<tvm::ffi::Tensor> staged_;
+  std::vector<tvm::ffi::Tensor> staged_, weights_;
+  std::string weights_file_;
+  std::vector<std::string> weight_names_;
 };
 
 }  // namespace tvmcompress
