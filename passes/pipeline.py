@@ -9,6 +9,7 @@ import tvm
 from tvm import relax
 
 from tvmcompress.config import PASS_REGISTRY, CompressConfig
+from tvmcompress.passes.fold_qdq import fold_qdq
 from tvmcompress.passes.record import collecting
 
 logger = logging.getLogger(__name__)
@@ -21,6 +22,8 @@ def run_passes(
     with collecting() as log:
         # Phase 0: clean float graph, so patterns see constants and simple ops.
         mod = relax.transform.FoldConstant()(mod)
+        # Phase 0b: pre-quantized (QDQ) models: DQ -> conv/matmul -> Q chains become integer ops.
+        mod = fold_qdq(mod)
         # Phase 1: the user's passes, in list order.
         for pass_config in config.passes:
             factory = PASS_REGISTRY[type(pass_config).__name__][1]

@@ -12,6 +12,7 @@ from tvmcompress.errors import (
     UnsupportedModelError,
 )
 from tvmcompress.frontend import Model, TensorSpec, load
+from tvmcompress.passes.fold_qdq import FoldQDQConfig
 from tvmcompress.report import Report
 from tvmcompress.targets import TargetPreset, list_presets, resolve_target
 
@@ -22,6 +23,7 @@ __all__ = [
     "CompressConfig",
     "ConfigError",
     "ExportError",
+    "FoldQDQConfig",
     "InputError",
     "Model",
     "PassConfig",

@@ -229,7 +229,9 @@ def _fold(
 def _check_supported(model: onnx.ModelProto, name: str) -> None:
     from tvm.relax.frontend.onnx.onnx_frontend import _get_convert_map
 
-    supported = set(_get_convert_map()) | {"Constant", "If"}
+    from tvmcompress.onnx_ops import CONVERTERS
+
+    supported = set(_get_convert_map()) | {"Constant", "If"} | set(CONVERTERS)
     opsets = {o.domain or "ai.onnx": o.version for o in model.opset_import}
     first_use: dict[tuple[str, str], str] = {}
     for i, node in enumerate(model.graph.node):
@@ -257,6 +259,18 @@ def _import(model: onnx.ModelProto, shapes: dict[str, list[int]], name: str) -> 
             if isinstance(value_proto, onnx.NodeProto):
                 self.current = value_proto
             return super()._parse_value_proto(value_proto)
+
+        def _check_for_unsupported_ops(self, graph):
+            """Already done by ``_check_supported``, which knows our converters too."""
+
+        def _convert_operator(self, op_name, inputs, attrs, opset):
+            """Our converters (tvmcompress.onnx_ops: quantized ops TVM lacks) come first."""
+            from tvmcompress.onnx_ops import CONVERTERS
+
+            if op_name not in CONVERTERS:
+                return super()._convert_operator(op_name, inputs, attrs, opset)
+            return self.bb.normalize(
+                CONVERTERS[op_name](self.bb, inputs, attrs, [self._nodes, self._params]))
 
     dtypes = {n: _dtype_of(_graph_input(model, n), n) for n in shapes}
     importer = TracingImporter(shapes, dtypes, keep_params_in_input=False, sanitize=True)
