@@ -37,7 +37,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch  # noqa: E402  (after the thread and offline settings)
 
 import tvmcompress as tc  # noqa: E402
-from tvmcompress import reference, zoo  # noqa: E402
+from tvmcompress import reference, runtime, zoo  # noqa: E402
 
 
 @dataclass
@@ -105,12 +105,7 @@ def load_case(name: str, batch: int) -> tuple[Any, Callable[..., torch.Tensor], 
 
 def loop_median_ms(fn: Callable[[], Any], n: int) -> float:
     """Median wall time of ``n`` calls of ``fn``, in milliseconds."""
-    times = []
-    for _ in range(n):
-        start = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(times)
+    return statistics.median(runtime.time_ms(fn, n, warmup=0))
 
 
 def make_engines(onnx_model, forward, inputs, verbose: bool) -> tuple[dict[str, Engine], dict]:

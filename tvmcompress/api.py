@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+import statistics
 import tempfile
 from collections.abc import Mapping, Sequence
 from importlib import metadata
@@ -93,8 +94,8 @@ class CompiledModel:
         for name, value in actual.items():
             if name in expected:
                 rep.fidelity[f"{name} vs onnxruntime"] = reference.fidelity(expected[name], value)
-        rep.latency_ms["original (onnxruntime fp32)"] = _median_ms(
-            lambda: session.run(None, inputs), repeat)
+        rep.latency_ms["original (onnxruntime fp32)"] = statistics.median(
+            runtime.time_ms(lambda: session.run(None, inputs), repeat))
         rep.latency_ms[f"compiled ({self.preset.name})"] = self.benchmark(
             inputs, repeat=repeat).median_ms
 
@@ -206,19 +207,6 @@ def compile(
     ir, pass_log = run_passes(model.mod, config)
     executable, info = build(ir, preset)
     return CompiledModel(model, preset, config, ir, executable, info, pass_log)
-
-
-def _median_ms(fn, repeat: int) -> float:
-    import statistics
-    import time
-
-    fn()
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(times)
 
 
 def _version(package: str) -> str | None:

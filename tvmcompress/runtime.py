@@ -126,6 +126,18 @@ class Runner:
                                statistics.pstdev(times), min(times), max(times), len(times))
 
 
+def time_ms(fn: Any, repeat: int, warmup: int = 1) -> list[float]:
+    """Wall times of ``repeat`` calls of ``fn`` after ``warmup`` untimed ones, in ms."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - start) * 1e3)
+    return times
+
+
 def random_inputs(signature: Signature, seed: int = 0) -> dict[str, np.ndarray]:
     """Random inputs for a signature: normal floats, integers in [0, 2)."""
     rng = np.random.default_rng(seed)
