@@ -12,7 +12,9 @@ from tvmcompress.errors import (
     UnsupportedModelError,
 )
 from tvmcompress.frontend import Model, TensorSpec, load
+from tvmcompress.passes.calibrate import quantization_fidelity
 from tvmcompress.passes.fold_qdq import FoldQDQConfig
+from tvmcompress.passes.quantize import QuantizeConfig
 from tvmcompress.report import Report
 from tvmcompress.targets import TargetPreset, list_presets, resolve_target
 
@@ -27,6 +29,7 @@ __all__ = [
     "InputError",
     "Model",
     "PassConfig",
+    "QuantizeConfig",
     "Report",
     "TargetError",
     "TargetPreset",
@@ -36,6 +39,7 @@ __all__ = [
     "compile",
     "list_presets",
     "load",
+    "quantization_fidelity",
     "register_pass",
     "resolve_target",
     "runtime",

@@ -72,13 +72,22 @@ class CompiledModel:
         return self.runner.benchmark(inputs, warmup=warmup, repeat=repeat,
                                      min_seconds=min_seconds)
 
-    def report(self, measure: bool = True, repeat: int = 10) -> Report:
+    def report(self, measure: bool = True, repeat: int = 10,
+               eval_inputs: Mapping[str, Any] | None = None) -> Report:
         """Params, weight bytes and MACs per op kind, original vs compiled; with ``measure``
-        (and a target that runs here), latency and fidelity against onnxruntime too."""
+        (and a target that runs here), latency and fidelity against onnxruntime too; with
+        ``eval_inputs`` (and compression passes), fidelity against the uncompressed model on
+        them (max abs error, cosine, top-1 agreement)."""
         rep = Report(self.preset.name, op_stats(self.model.mod), op_stats(self.ir),
                      self.build_info.seconds, self.build_info.kernels,
                      list(self.build_info.unscheduled), notes=list(self.model.notes),
                      passes=list(self.pass_log))
+        if eval_inputs is not None and self.config.passes:
+            from tvmcompress.passes.calibrate import quantization_fidelity
+
+            base = compile(self.model, self.preset)
+            for out, row in quantization_fidelity(base, self, eval_inputs).items():
+                rep.fidelity[f"{out} vs float model"] = row
         if measure and not self.preset.why_not_runnable_here():
             self._measure(rep, repeat)
         elif measure:
@@ -204,7 +213,8 @@ def compile(
     elif input_shapes:
         raise ConfigError("input_shapes applies when loading; this model is already loaded")
     preset = resolve_target(target)
-    ir, pass_log = run_passes(model.mod, config)
+    with preset.tvm_target:  # passes may choose by target (e.g. u8 x s8 activations on x86)
+        ir, pass_log = run_passes(model.mod, config)
     executable, info = build(ir, preset)
     return CompiledModel(model, preset, config, ir, executable, info, pass_log)
 

@@ -1,5 +1,7 @@
 """Exceptions raised for user errors; each message names the bad thing and the fix."""
 
+import tvm_ffi
+
 
 class TvmCompressError(Exception):
     """Base class of every error tvmcompress raises on purpose."""
@@ -23,3 +25,8 @@ class TargetError(TvmCompressError, ValueError):
 
 class ExportError(TvmCompressError, RuntimeError):
     """Writing or loading an exported module failed."""
+
+
+# Errors raised inside passes cross TVM's FFI; registered, they come back as themselves.
+for _error in (ConfigError, UnsupportedModelError, InputError, TargetError, ExportError):
+    tvm_ffi.register_error(_error)

@@ -46,6 +46,9 @@ def _macs(op: str, call: relax.Call, out: tuple[int, ...] | None) -> int:
     if op in ("nn.conv1d_transpose", "nn.conv2d_transpose"):
         data, weight = _shape(call.args[0]), _shape(call.args[1])  # IOHW
         return math.prod(data) * math.prod(weight[1:]) if data and weight else 0
+    if op == "call_tir" and call.args[0].name_hint.startswith("dequant_matmul"):
+        x = _shape(call.args[1].fields[0])  # int4 kernel's operands: (x, packed weight, ...)
+        return math.prod(out) * x[-1] if x else 0
     if op in ("matmul", "linear"):
         a = _shape(call.args[0])
         return math.prod(out) * a[-1] if a else 0
@@ -64,10 +67,13 @@ def op_stats(mod: tvm.IRModule) -> dict[str, OpStats]:
         row = stats[op]
         row.count += 1
         row.macs += _macs(op, expr, _shape(expr))
-        for arg in expr.args:
-            # Scalars (GELU's 0.5, a divisor) are literals of the formula, not parameters.
-            if isinstance(arg, Constant) and arg not in seen_constants \
-                    and math.prod(arg.ty.shape.values if arg.ty.shape else ()) > 1:
+        # call_tir passes its operands as one tuple (e.g. packed int4 weights and scales).
+        args = [f for a in expr.args for f in (a.fields if isinstance(a, relax.Tuple) else [a])]
+        for arg in args:
+            # Scalars (GELU's 0.5, clip bounds) are literals of the formula, not parameters.
+            if isinstance(arg, Constant) and isinstance(arg.ty, relax.TensorType) \
+                    and arg not in seen_constants and arg.ty.shape is not None \
+                    and math.prod(arg.ty.shape.values) > 1:
                 seen_constants.add(arg)
                 value = arg.value.numpy()
                 row.params += value.size
@@ -126,8 +132,10 @@ class Report:
         for name, ms in self.latency_ms.items():
             lines.append(f"latency {name:<28} {ms:9.3f} ms")
         for name, f in self.fidelity.items():
+            top1 = (f", top-1 agreement {f['top1_agreement']:.4f}"
+                    if "top1_agreement" in f else "")
             lines.append(f"fidelity {name:<27} max abs err {f['max_abs_err']:.3g}, "
-                         f"cosine {f['cosine']:.6f}")
+                         f"cosine {f['cosine']:.6f}{top1}")
         lines.extend(_pass_tables(self.passes))
         lines.extend(f"note: {n}" for n in self.notes)
         return "\n".join(lines)
