@@ -56,9 +56,16 @@ def export(workdir):
     cache: dict[tuple[str, str], Path] = {}
 
     def get(model: str, preset: str) -> Path:
+        """``model`` is a zoo name, with ``-int8`` for its int8 static quantization."""
         if (model, preset) not in cache:
-            compiled = tc.compile(zoo.build(model, 1), preset,
-                                  input_shapes={"x": [1, *zoo.ZOO[model][1]]})
+            name, _, quant = model.partition("-")
+            shape = [1, *zoo.ZOO[name][1]]
+            config = tc.CompressConfig(passes=[tc.QuantizeConfig(
+                scheme="int8", activation="int8-sym",  # the same integer model on every arch
+                calibration={"x": np.random.default_rng(3).standard_normal(
+                    [8, *shape[1:]]).astype("float32")})]) if quant else None
+            compiled = tc.compile(zoo.build(name, 1), preset, config=config,
+                                  input_shapes={"x": shape})
             directory = compiled.export(workdir / f"{model}-{preset}")
             if not (directory / "lib").is_dir():  # until export() adds the deploy files itself
                 bundle.add_deploy_files(directory, compiled.preset, compiled.manifest())
@@ -116,7 +123,8 @@ def _run_bundle(runner: Path, bundle_dir: Path, inputs: dict[str, np.ndarray] | 
 
 def _inputs(model: str) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(7)
-    return {"x": rng.standard_normal((1, *zoo.ZOO[model][1])).astype("float32")}
+    name = model.partition("-")[0]
+    return {"x": rng.standard_normal((1, *zoo.ZOO[name][1])).astype("float32")}
 
 
 @pytest.mark.parametrize("model", MODELS)
@@ -151,6 +159,21 @@ def test_aarch64_under_qemu_matches_x86(model, board, export, x86_runner, aarch6
     actual = _run_bundle(aarch64_runner, export(model, board), inputs,
                          workdir / f"out-{model}-{board}", qemu=True)
     for name, value in reference.items():
+        np.testing.assert_allclose(actual[name], value, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("board", BOARDS)
+def test_int8_under_qemu_matches_x86(board, export, x86_runner, aarch64_runner, workdir):
+    """An int8 static model: integer convs/matmuls on the board give the x86 results."""
+    inputs = _inputs("cnn-int8")
+    bundle_x86 = export("cnn-int8", "host")
+    expected = tc.runtime.load(bundle_x86).run(inputs)
+    reference = _run_bundle(x86_runner, bundle_x86, inputs, workdir / f"out-int8-{board}-ref")
+    actual = _run_bundle(aarch64_runner, export("cnn-int8", board), inputs,
+                         workdir / f"out-int8-{board}", qemu=True)
+    assert "QuantizeConfig" in (bundle_x86 / "manifest.json").read_text()
+    for name, value in reference.items():
+        assert np.array_equal(value, expected[name])
         np.testing.assert_allclose(actual[name], value, rtol=1e-5, atol=1e-5)
 
 
