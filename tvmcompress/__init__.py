@@ -14,6 +14,7 @@ from tvmcompress.errors import (
 from tvmcompress.frontend import Model, TensorSpec, load
 from tvmcompress.passes.calibrate import quantization_fidelity
 from tvmcompress.passes.fold_qdq import FoldQDQConfig
+from tvmcompress.passes.lowrank import LowRankConfig
 from tvmcompress.passes.quantize import QuantizeConfig
 from tvmcompress.report import Report
 from tvmcompress.targets import TargetPreset, list_presets, resolve_target
@@ -27,6 +28,7 @@ __all__ = [
     "ExportError",
     "FoldQDQConfig",
     "InputError",
+    "LowRankConfig",
     "Model",
     "PassConfig",
     "QuantizeConfig",
