@@ -15,7 +15,9 @@ from tvmcompress.frontend import Model, TensorSpec, load
 from tvmcompress.passes.calibrate import quantization_fidelity
 from tvmcompress.passes.fold_qdq import FoldQDQConfig
 from tvmcompress.passes.lowrank import LowRankConfig
+from tvmcompress.passes.prune_structured import PruneConfig
 from tvmcompress.passes.quantize import QuantizeConfig
+from tvmcompress.passes.sensitivity import ratio_schedule, sensitivity
 from tvmcompress.report import Report
 from tvmcompress.targets import TargetPreset, list_presets, resolve_target
 
@@ -31,6 +33,7 @@ __all__ = [
     "LowRankConfig",
     "Model",
     "PassConfig",
+    "PruneConfig",
     "QuantizeConfig",
     "Report",
     "TargetError",
@@ -42,7 +45,9 @@ __all__ = [
     "list_presets",
     "load",
     "quantization_fidelity",
+    "ratio_schedule",
     "register_pass",
     "resolve_target",
     "runtime",
+    "sensitivity",
 ]
