@@ -15,6 +15,7 @@ import tvm
 from tvm import relax
 from tvm.s_tir import dlight as dl
 
+from tvmcompress.schedules.guard import Guarded
 from tvmcompress.targets import TargetPreset
 
 
@@ -59,7 +60,7 @@ def relax_pipeline(target: tvm.target.Target, info: BuildInfo) -> tvm.transform.
         return mod
 
     passes = (backend.library_dispatch_passes(target) + fuse
-              + [dl.ApplyDefaultSchedule(*rules_for(target)), record]
+              + [dl.ApplyDefaultSchedule(*map(Guarded, rules_for(target))), record]
               + backend.dataflow_lower_passes(target) + backend.finalize_passes(target))
     return tvm.transform.Sequential(passes, name="TvmCompressBuild")
 
