@@ -1,8 +1,10 @@
 """Lower, schedule and build a Relax module for a target preset.
 
-Each TIR function gets the first schedule that applies: our rules for the target family
-(none yet), then dlight's defaults; functions no rule scheduled are listed in ``BuildInfo``
-so the report can warn about them.
+Before fusion, CPU targets get constant weights pre-packed for our kernels
+(``schedules/cpu/pack_weights.py``). After fusion each TIR function gets the first schedule
+that applies: our CPU rules (``schedules/cpu/``: blocked GEMM, direct conv/pool, injective),
+then dlight's defaults; functions no rule scheduled are listed in ``BuildInfo`` so the report
+can warn about them.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ import tvm
 from tvm import relax
 from tvm.s_tir import dlight as dl
 
+from tvmcompress.schedules.cpu import Conv2d, Elementwise, Matmul
+from tvmcompress.schedules.cpu.pack_weights import pack_weights
 from tvmcompress.schedules.guard import Guarded
 from tvmcompress.targets import TargetPreset
 
@@ -33,7 +37,13 @@ def rules_for(target: tvm.target.Target) -> list[dl.ScheduleRule]:
     if "gpu" in target.keys:
         return [dl.gpu.Matmul(), dl.gpu.GEMV(), dl.gpu.Reduction(), dl.gpu.GeneralReduction(),
                 dl.gpu.Fallback()]
-    return [dl.cpu.GEMV(), dl.cpu.Reduction()]
+    return [Matmul(), Conv2d(), Elementwise(), dl.cpu.GEMV(), dl.cpu.Reduction()]
+
+
+def layout_passes(target: tvm.target.Target) -> list[tvm.transform.Pass]:
+    """Relax-level layout changes our schedules rely on, run before legalization and fusion
+    (no-ops for GPU targets)."""
+    return [pack_weights(target)]
 
 
 def _backend(target: tvm.target.Target):
@@ -59,7 +69,7 @@ def relax_pipeline(target: tvm.target.Target, info: BuildInfo) -> tvm.transform.
                                   if not (f.attrs and f.attrs.get("tirx.is_scheduled")))
         return mod
 
-    passes = (backend.library_dispatch_passes(target) + fuse
+    passes = (backend.library_dispatch_passes(target) + layout_passes(target) + fuse
               + [dl.ApplyDefaultSchedule(*map(Guarded, rules_for(target))), record]
               + backend.dataflow_lower_passes(target) + backend.finalize_passes(target))
     return tvm.transform.Sequential(passes, name="TvmCompressBuild")

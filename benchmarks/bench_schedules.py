@@ -1,0 +1,169 @@
+"""Default CPU schedules vs plain TVM vs onnxruntime, side by side in one process.
+
+Per case: ORT = onnxruntime fp32, 2 intra-op threads; plain = ``tvm.compile(mod, target)`` on
+the same imported Relax module (TVM's own default pipeline, no tuning); tvmc =
+``tc.compile(model, "host")`` with our default rules. Engines are interleaved for ``--rounds``
+rounds (start rotated); per round each engine does a warmup run then as many timed runs as fit
+in ``--budget`` seconds (at least one, at most ``--repeat``). Reported: median over rounds of
+per-round medians, ratios to ORT, GFLOP/s for the GEMMs against this CPU's fp32 peak, and the
+load average (the machine is shared: absolute numbers are noisy, the ratios less so).
+
+    [BENCH_THREADS=2] python benchmarks/bench_schedules.py [--cases gemm1,...,resnet18]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+
+import numpy as np
+
+# Threads per engine (ORT intra-op, TVM's pool); set BENCH_THREADS=1 to compare kernels
+# without thread-pool waits, which a loaded machine inflates.
+THREADS = int(os.environ.get("BENCH_THREADS", "2"))
+os.environ["TVM_NUM_THREADS"] = str(THREADS)
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import onnx  # noqa: E402
+import tvm  # noqa: E402
+from onnx import TensorProto, numpy_helper  # noqa: E402
+from onnx import helper as oh  # noqa: E402
+
+import tvmcompress as tc  # noqa: E402
+from tvmcompress import reference, runtime, zoo  # noqa: E402
+
+CASES = ("gemm1", "gemm128", "cnn", "transformer", "minilm", "resnet18")
+
+
+def gemm(m: int, k: int = 768, n: int = 3072) -> tuple[onnx.ModelProto, float]:
+    """ONNX MatMul with a constant weight; returns the model and its FLOPs."""
+    w = np.random.default_rng(0).standard_normal((k, n)).astype("float32")
+    graph = oh.make_graph([oh.make_node("MatMul", ["x", "w"], ["y"])], "gemm",
+                          [oh.make_tensor_value_info("x", TensorProto.FLOAT, [m, k])],
+                          [oh.make_tensor_value_info("y", TensorProto.FLOAT, [m, n])],
+                          [numpy_helper.from_array(w, "w")])
+    return oh.make_model(graph, opset_imports=[oh.make_opsetid("", 17)]), 2.0 * m * k * n
+
+
+def resnet18() -> onnx.ModelProto:
+    """ResNet-18 (torchvision's layout, random weights), 1x3x224x224."""
+    import torch
+    from torch import nn
+
+    def block(cin, cout, stride):
+        body = nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout),
+                             nn.ReLU(), nn.Conv2d(cout, cout, 3, 1, 1, bias=False),
+                             nn.BatchNorm2d(cout))
+        skip = nn.Identity() if stride == 1 and cin == cout else nn.Sequential(
+            nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+        return body, skip
+
+    class Res(nn.Module):
+        def __init__(self, cin, cout, stride):
+            super().__init__()
+            self.body, self.skip = block(cin, cout, stride)
+
+        def forward(self, x):
+            return torch.relu(self.body(x) + self.skip(x))
+
+    torch.manual_seed(0)
+    layers = [nn.Conv2d(3, 64, 7, 2, 3, bias=False), nn.BatchNorm2d(64), nn.ReLU(),
+              nn.MaxPool2d(3, 2, 1)]
+    for cin, cout, stride in [(64, 64, 1), (64, 128, 2), (128, 256, 2), (256, 512, 2)]:
+        layers += [Res(cin, cout, stride), Res(cout, cout, 1)]
+    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(512, 1000)]
+    net = nn.Sequential(*layers).eval()
+    return zoo.export(net, (torch.randn(1, 3, 224, 224),), ["x"], ["y"])
+
+
+def load_case(name: str) -> tuple[tc.Model, float | None]:
+    if name.startswith("gemm"):
+        model, flops = gemm(int(name[4:]))
+        return tc.load(model), flops
+    if name == "minilm":
+        return tc.load(zoo.minilm(), input_shapes={n: [1, 128] for n in (
+            "input_ids", "attention_mask", "token_type_ids")}), None
+    if name == "resnet18":
+        return tc.load(resnet18()), None
+    return tc.load(zoo.build(name), input_shapes={"x": [8, *zoo.ZOO[name][1]]}), None
+
+
+def engines(model: tc.Model, plain: bool) -> tuple[dict, dict]:
+    """name -> zero-argument run function; and compile seconds per TVM engine."""
+    inputs = runtime.random_inputs(model.signature)
+    session = reference.ort_session(model.onnx_model, threads=THREADS)
+    runs = {"ORT": lambda: session.run(None, inputs)}
+    seconds = {}
+    start = time.perf_counter()
+    compiled = tc.compile(model)
+    seconds["tvmc"] = time.perf_counter() - start
+    tensors = compiled.runner.prepare(inputs)
+    tvmc_main = compiled.runner._vm["main"]
+    runs["tvmc"] = lambda: tvmc_main(*tensors)
+    if plain:
+        start = time.perf_counter()
+        target = compiled.preset.tvm_target
+        with target:
+            vm = tvm.relax.VirtualMachine(tvm.compile(model.mod, target), tvm.cpu())
+        seconds["plain"] = time.perf_counter() - start
+        runs["plain"] = lambda: vm["main"](*tensors)
+    return runs, seconds
+
+
+def time_rounds(runs: dict, rounds: int, budget: float, repeat: int) -> dict[str, float]:
+    """Median over interleaved rounds of each engine's per-round median, in ms."""
+    names, per_round = list(runs), {n: [] for n in runs}
+    for r in range(rounds):
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            runs[name]()
+            times, end = [], time.perf_counter() + budget
+            while not times or (len(times) < repeat and time.perf_counter() < end):
+                t0 = time.perf_counter()
+                runs[name]()
+                times.append((time.perf_counter() - t0) * 1e3)
+            per_round[name].append(statistics.median(times))
+    return {n: statistics.median(v) for n, v in per_round.items()}
+
+
+def peak_gflops() -> tuple[float, float]:
+    """(GHz, threads x 32 fp32 FLOP/cycle (2 AVX2 FMA pipes) x GHz), from /proc/cpuinfo."""
+    with open("/proc/cpuinfo") as f:
+        mhz = [float(line.split(":")[1]) for line in f if line.startswith("cpu MHz")]
+    ghz = max(mhz) / 1e3 if mhz else 0.0
+    return ghz, THREADS * 32 * ghz
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cases", default="gemm1,gemm128,cnn,transformer")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--budget", type=float, default=0.5, help="seconds per engine per round")
+    parser.add_argument("--repeat", type=int, default=50)
+    parser.add_argument("--no-plain", action="store_true", help="skip plain TVM (slow)")
+    args = parser.parse_args()
+    ghz, peak = peak_gflops()
+    print(f"load average before: {os.getloadavg()}  (shared machine, {THREADS} threads)")
+    print(f"peak fp32: {peak:.0f} GFLOP/s ({THREADS} cores x 32 FLOP/cycle x {ghz:.2f} GHz)")
+    print(f"cases: {args.cases}; {args.rounds} interleaved rounds, medians")
+    header = (f"{'case':<12}{'ORT ms':>9}{'plain ms':>11}{'x ORT':>8}{'tvmc ms':>10}{'x ORT':>7}"
+              f"{'compile s':>11}{'ORT GF/s':>10}{'tvmc GF/s':>11}{'% peak':>8}")
+    rows = []
+    for name in args.cases.split(","):
+        model, flops = load_case(name)
+        runs, seconds = engines(model, plain=not args.no_plain)
+        ms = time_rounds(runs, args.rounds, args.budget, args.repeat)
+        plain = ms.get("plain", float("nan"))
+        gf = (lambda t: flops / t / 1e6) if flops else (lambda t: float("nan"))
+        rows.append(f"{name:<12}{ms['ORT']:>9.3f}{plain:>11.2f}{plain / ms['ORT']:>8.1f}"
+                    f"{ms['tvmc']:>10.3f}{ms['tvmc'] / ms['ORT']:>7.2f}{seconds['tvmc']:>11.1f}"
+                    f"{gf(ms['ORT']):>10.1f}{gf(ms['tvmc']):>11.1f}"
+                    f"{100 * gf(ms['tvmc']) / peak:>8.1f}")
+        print(rows[-1], flush=True)
+    print(f"\n{header}\n" + "\n".join(rows))
+    print(f"load average after: {os.getloadavg()}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,59 @@
+"""Pre-pack constant conv2d weights by output-channel panels: ``W[o, i, kh, kw] ->
+Wp[o // v, i, kh, kw, o % v]``, and rewrite the conv as a TE compute reading the packed weight.
+
+Vectorizing a direct NCHW conv along the output width needs widths that are multiples of
+the vector (ResNet's 14 and 7 are not) and contiguous input (stride 2 is not). Along output
+channels every conv works: one contiguous vector load of ``v`` packed weights, a broadcast
+of one input pixel, ``v`` FMAs. ``Conv2d`` reads ``v`` back from the packed buffer's shape.
+Depthwise and grouped convs whose groups are narrower than a vector keep their layout (a
+vector along channels would gather the input); ``Conv2d`` vectorizes those along the width.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from tvm import te, topi
+from tvm.target import Target
+
+from tvmcompress.schedules.cpu import common
+
+
+def pack_np(weight: np.ndarray, width: int) -> np.ndarray:
+    """[O, I, KH, KW] -> [O / width, I, KH, KW, width]; ``width`` must divide O."""
+    o, i, kh, kw = weight.shape
+    return np.ascontiguousarray(weight.reshape(o // width, width, i, kh, kw)
+                                .transpose(0, 2, 3, 4, 1))
+
+
+def panel_width(out_channels: int, groups: int, target: Target) -> int:
+    """Output channels per packed panel (1 = do not pack): two vectors where the register file
+    allows both a 6-pixel row of accumulators and the loads, and a whole number of panels per
+    group so one vector never straddles two groups."""
+    lanes = common.lanes(target, "float32")
+    per_group = out_channels // groups
+    if per_group % lanes:
+        return 1
+    return 2 * lanes if per_group % (2 * lanes) == 0 else lanes
+
+
+def packed_conv2d(data: te.Tensor, packed: te.Tensor, strides, padding, dilation,
+                  groups: int) -> te.Tensor:
+    """NCHW conv2d reading ``packed`` [O / v, I / groups, KH, KW, v]."""
+    n, _, height, width_ = (int(d) for d in data.shape)
+    panels, in_per_group, kh, kw, v = (int(d) for d in packed.shape)
+    (sh, sw), (dh, dw) = strides, dilation
+    top, left, bottom, right = padding
+    out_h = (height + top + bottom - (kh - 1) * dh - 1) // sh + 1
+    out_w = (width_ + left + right - (kw - 1) * dw - 1) // sw + 1
+    if any(padding):
+        data = topi.nn.pad(data, [0, 0, top, left], [0, 0, bottom, right], name="pad_temp")
+    out_per_group = panels * v // groups
+    rc = te.reduce_axis((0, in_per_group), name="rc")
+    ry, rx = te.reduce_axis((0, kh), name="ry"), te.reduce_axis((0, kw), name="rx")
+
+    def body(b, o, y, x):
+        channel = o // out_per_group * in_per_group + rc
+        return te.sum(data[b, channel, y * sh + ry * dh, x * sw + rx * dw]
+                      * packed[o // v, rc, ry, rx, o % v], axis=[rc, ry, rx])
+
+    return te.compute((n, panels * v, out_h, out_w), body, name="conv2d_nchw")
