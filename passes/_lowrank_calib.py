@@ -13,26 +13,13 @@ from typing import Any
 
 import numpy as np
 import tvm
-from tvm import relax
 
 from tvmcompress.errors import ConfigError
 
 
-def _probe(mod: tvm.IRModule, layers) -> tvm.IRModule:
-    """``mod`` whose ``main`` returns the first operand of each layer, in order."""
-    func = relax.transform.ToNonDataflow()(mod)["main"]
-    values = [func.body.blocks[b].bindings[j].value.args[0] for b, j in
-              (layer.position for layer in layers)]
-    probe = relax.Function(func.params, relax.SeqExpr(func.body.blocks, relax.Tuple(values)),
-                           relax.TupleType([v.ty for v in values]), attrs=func.attrs)
-    out = tvm.IRModule(dict(mod.functions.items()))
-    out[mod.get_global_var("main")] = probe
-    return relax.transform.Normalize()(out)
-
-
-def _batches(params, calibration: Mapping[str, Any]) -> list[list[np.ndarray]]:
-    """Calibration arrays cut into chunks of the model's input shapes."""
-    chunks: list[list[np.ndarray]] = []
+def _arrays(params, calibration: Mapping[str, Any]) -> list[np.ndarray]:
+    """Calibration arrays in parameter order, whole model batches of them."""
+    arrays: list[np.ndarray] = []
     for p in params:
         shape = [int(d) for d in p.ty.shape.values]
         if p.name not in calibration:
@@ -42,10 +29,10 @@ def _batches(params, calibration: Mapping[str, Any]) -> list[list[np.ndarray]]:
         if list(arr.shape[1:]) != shape[1:] or arr.shape[0] % shape[0]:
             raise ConfigError(f"LowRankConfig.calibration[{p.name!r}] has shape "
                               f"{list(arr.shape)}; expected N*{shape[0]} x {shape[1:]}")
-        chunks.append(np.split(arr, arr.shape[0] // shape[0]))
-    if len({len(c) for c in chunks}) > 1:
+        arrays.append(arr)
+    if len({a.shape[0] for a in arrays}) > 1:
         raise ConfigError("LowRankConfig.calibration inputs hold different sample counts")
-    return [list(sample) for sample in zip(*chunks, strict=True)]
+    return arrays
 
 
 def _patches(x: np.ndarray, attrs, kh: int, kw: int, out_hw) -> np.ndarray:
@@ -71,19 +58,14 @@ def _gram(layer, x: np.ndarray) -> np.ndarray:
 
 def input_grams(mod: tvm.IRModule, layers, calibration: Mapping[str, Any]) -> dict:
     """``{layer name: X^T X}`` of each layer's input over all calibration samples."""
-    from tvmcompress.schedules import build
-    from tvmcompress.targets import resolve_target
+    from tvmcompress.passes.calibrate import run_with_outputs
 
     if not layers:
         return {}
-    probe = _probe(mod, layers)
-    executable, _ = build(probe, resolve_target("host"))
-    vm = relax.VirtualMachine(executable, tvm.cpu())
+    arrays = _arrays(mod["main"].params, calibration)
     grams: dict[str, np.ndarray] = {}
-    for sample in _batches(probe["main"].params, calibration):
-        outs = vm["main"](*[tvm.runtime.tensor(np.ascontiguousarray(a)) for a in sample])
-        outs = [outs] if hasattr(outs, "numpy") else list(outs)
-        for layer, value in zip(layers, outs, strict=True):
-            g = _gram(layer, value.numpy())
+    for values in run_with_outputs(mod, [layer.call.args[0] for layer in layers], arrays):
+        for layer, value in zip(layers, values, strict=True):
+            g = _gram(layer, value)
             grams[layer.name] = grams[layer.name] + g if layer.name in grams else g
     return grams

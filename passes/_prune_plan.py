@@ -8,7 +8,6 @@ from typing import Any
 
 import numpy as np
 import tvm
-from tvm import relax
 
 from tvmcompress.errors import ConfigError
 from tvmcompress.passes import _prune_importance as imp
@@ -81,9 +80,7 @@ def _activation_slices(coupling: Coupling, group: Group, activations: dict):
 def collect_activations(mod: tvm.IRModule, coupling: Coupling, data: Any) -> dict:
     """Mean over calibration samples of each channel-carrying op output (|x| averaged later):
     ``main`` is compiled for the host with those outputs added."""
-    from tvmcompress.passes.calibrate import check_calibration, load_calibration
-    from tvmcompress.schedules import build
-    from tvmcompress.targets import resolve_target
+    from tvmcompress.passes.calibrate import check_calibration, load_calibration, run_with_outputs
 
     calls = [c for c, v in coupling.outputs.items() if len(_vary(v)) == 1
              and c.op.name in ("relax.nn.relu", "relax.clip", "relax.nn.gelu", "relax.nn.silu",
@@ -91,33 +88,9 @@ def collect_activations(mod: tvm.IRModule, coupling: Coupling, data: Any) -> dic
     func = mod["main"]
     var_of = {b.value: b.var for blk in func.body.blocks for b in blk.bindings}
     arrays = check_calibration(load_calibration(data), list(func.params))
-    executable, _ = build(_instrument(func, [var_of[c] for c in calls]), resolve_target("host"))
-    vm = relax.VirtualMachine(executable, tvm.cpu())
-    batch = int(func.params[0].ty.shape.values[0])
-    sums = [0.0] * len(calls)
-    n = arrays[0].shape[0] // batch
-    for i in range(n):
-        result = vm["main"](*[tvm.runtime.tensor(a[i * batch:(i + 1) * batch]) for a in arrays])
-        for j, value in enumerate(list(result)[1:]):
-            sums[j] = sums[j] + np.abs(value.numpy()) / n
-    return dict(zip(calls, sums, strict=True))
-
-
-def _instrument(func: relax.Function, acts: list[relax.Var]) -> tvm.IRModule:
-    """``main`` returning ``(result, *acts)``: each dataflow var is re-bound to an output var."""
-    outs, blocks = [], []
-    for block in func.body.blocks:
-        bindings = list(block.bindings)
-        for b in block.bindings:
-            if any(b.var.same_as(a) for a in acts):
-                outs.append(relax.Var(f"act{len(outs)}", b.var.ty))
-                bindings.append(relax.VarBinding(outs[-1], b.var))
-        kind = relax.DataflowBlock if isinstance(block, relax.DataflowBlock) else relax.BindingBlock
-        blocks.append(kind(bindings))
-    body = relax.SeqExpr(blocks, relax.Tuple([func.body.body, *outs]))
-    ret = relax.TupleType([func.ret_ty, *(o.ty for o in outs)])
-    new = relax.Function(func.params, body, ret, func.is_pure, func.attrs)
-    return relax.transform.Normalize()(tvm.IRModule({"main": new}))
+    batches = list(run_with_outputs(mod, [var_of[c] for c in calls], arrays))
+    means = [sum(np.abs(b[j]) for b in batches) / len(batches) for j in range(len(calls))]
+    return dict(zip(calls, means, strict=True))
 
 
 def _vary(labels):

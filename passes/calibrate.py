@@ -10,7 +10,7 @@ holding the same, or an iterable of such dicts (concatenated on axis 0).
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -137,23 +137,33 @@ class LayerStats:
         return v.astype(np.float32)
 
 
-def collect(mod: tvm.IRModule, acts: list[relax.Expr], axes: list[int],
-            data: Any) -> list[LayerStats]:
-    """Compile ``main`` for the host with ``acts`` as outputs, run it on ``data``, and return
-    one :class:`LayerStats` per act (``axes``: its channel axis, for the mean)."""
+def run_with_outputs(mod: tvm.IRModule, acts: list[relax.Expr],
+                     arrays: list[np.ndarray]) -> Iterator[list[np.ndarray]]:
+    """Compile ``main`` for the host with ``acts`` as extra outputs and run it on ``arrays``
+    (inputs in parameter order, samples on axis 0); yields the acts' values per batch.
+
+    The one way passes observe intermediate tensors (quantize, pruning, low-rank whitening).
+    """
     from tvmcompress.schedules import build
     from tvmcompress.targets import resolve_target
 
     func = mod["main"]
-    arrays = check_calibration(load_calibration(data), list(func.params))
     executable, _ = build(_instrument(func, acts), resolve_target("host"))
     vm = relax.VirtualMachine(executable, tvm.cpu())
-    stats = [LayerStats(axis, seed=i) for i, axis in enumerate(axes)]
-    batch = int(func.params[0].ty.shape.values[0])
-    for inputs in _batches(arrays, batch):
+    for inputs in _batches(arrays, int(func.params[0].ty.shape.values[0])):
         result = vm["main"](*[tvm.runtime.tensor(np.ascontiguousarray(a)) for a in inputs])
-        for s, value in zip(stats, list(result)[1:], strict=True):
-            s.add(value.numpy())
+        yield [value.numpy() for value in list(result)[1:]]
+
+
+def collect(mod: tvm.IRModule, acts: list[relax.Expr], axes: list[int],
+            data: Any) -> list[LayerStats]:
+    """Run ``main`` on ``data`` and return one :class:`LayerStats` per act (``axes``: its
+    channel axis, for the mean)."""
+    arrays = check_calibration(load_calibration(data), list(mod["main"].params))
+    stats = [LayerStats(axis, seed=i) for i, axis in enumerate(axes)]
+    for values in run_with_outputs(mod, acts, arrays):
+        for s, value in zip(stats, values, strict=True):
+            s.add(value)
     return stats
 
 
