@@ -15,66 +15,11 @@ import time
 
 import numpy as np
 import torch
-from torch import nn
 
 import tvmcompress as tc
+from tvmcompress import zoo_vision
 from tvmcompress.passes.prune_structured import PruneConfig
 from tvmcompress.report import op_stats
-
-
-def _cbr(cin, cout, k, s=1, groups=1, act=nn.ReLU):
-    layers = [nn.Conv2d(cin, cout, k, s, k // 2, groups=groups, bias=False), nn.BatchNorm2d(cout)]
-    return nn.Sequential(*layers, act()) if act else nn.Sequential(*layers)
-
-
-class Basic(nn.Module):
-    def __init__(self, cin, cout, s):
-        super().__init__()
-        self.a, self.b = _cbr(cin, cout, 3, s), _cbr(cout, cout, 3, act=None)
-        self.down = _cbr(cin, cout, 1, s, act=None) if s != 1 or cin != cout else None
-
-    def forward(self, x):
-        return torch.relu(self.b(self.a(x)) + (self.down(x) if self.down else x))
-
-
-def resnet18():
-    layers, cin = [_cbr(3, 64, 7, 2), nn.MaxPool2d(3, 2, 1)], 64
-    for cout, s in ((64, 1), (128, 2), (256, 2), (512, 2)):
-        layers += [Basic(cin, cout, s), Basic(cout, cout, 1)]
-        cin = cout
-    return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(512, 1000))
-
-
-class Inverted(nn.Module):
-    def __init__(self, cin, cout, s, t):
-        super().__init__()
-        mid = cin * t
-        self.body = nn.Sequential(*([_cbr(cin, mid, 1, act=nn.ReLU6)] if t != 1 else []),
-                                  _cbr(mid, mid, 3, s, groups=mid, act=nn.ReLU6),
-                                  _cbr(mid, cout, 1, act=None))
-        self.residual = s == 1 and cin == cout
-
-    def forward(self, x):
-        return x + self.body(x) if self.residual else self.body(x)
-
-
-def mobilenet_v2():
-    layers, cin = [_cbr(3, 32, 3, 2, act=nn.ReLU6)], 32
-    for t, c, n, s in ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2),
-                       (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1)):
-        for i in range(n):
-            layers.append(Inverted(cin, c, s if i == 0 else 1, t))
-            cin = c
-    return nn.Sequential(*layers, _cbr(cin, 1280, 1, act=nn.ReLU6), nn.AdaptiveAvgPool2d(1),
-                         nn.Flatten(), nn.Linear(1280, 1000))
-
-
-def _randomize_bn(net):
-    for m in net.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            nn.init.uniform_(m.weight, 0.2, 1.0)
-            nn.init.uniform_(m.running_var, 0.5, 2.0)
-    return net.eval()
 
 
 def _time_ms(compiled, inputs, runs) -> float:
@@ -86,10 +31,10 @@ def _time_ms(compiled, inputs, runs) -> float:
     return statistics.median(times)
 
 
-def bench(name, factory, size, ratios, rounds, runs):
-    torch.manual_seed(0)
+def bench(name, size, ratios, rounds, runs):
+    net = zoo_vision.build_torch(name)
     x = torch.randn(1, 3, size, size)
-    model = tc.load(_randomize_bn(factory()), example_inputs=[x])
+    model = tc.load(net, example_inputs=[x])
     inputs = {model.inputs[0].name: x.numpy()}
     variants = {}
     for ratio in ratios:
@@ -122,9 +67,8 @@ def main():
           "runs, medians; schedules: whatever tc.compile(target='host') gives today")
     print(f"{'model':<13}{'pruned':>6}{'Mparams':>9}{'MMACs':>10}{'MACs':>9}{'ms':>11}"
           f"{'latency':>9}{'speedup':>9}{'MACs/':>9}{'effic':>8}")
-    factories = {"resnet18": resnet18, "mobilenet_v2": mobilenet_v2}
     for name in args.models.split(","):
-        bench(name, factories[name], args.size, (0.0, 0.3, 0.5, 0.7), args.rounds, args.runs)
+        bench(name, args.size, (0.0, 0.3, 0.5, 0.7), args.rounds, args.runs)
     print("MACs, latency: relative to unpruned; MACs/: MAC reduction (x); effic: speed-up / MAC "
           "reduction (1.0: latency falls as fast as MACs; goal >= 0.8)")
 

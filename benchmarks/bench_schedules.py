@@ -32,7 +32,7 @@ from onnx import TensorProto, numpy_helper  # noqa: E402
 from onnx import helper as oh  # noqa: E402
 
 import tvmcompress as tc  # noqa: E402
-from tvmcompress import reference, runtime, zoo  # noqa: E402
+from tvmcompress import reference, runtime, zoo, zoo_vision  # noqa: E402
 
 CASES = ("gemm1", "gemm128", "cnn", "transformer", "minilm", "resnet18")
 
@@ -47,37 +47,6 @@ def gemm(m: int, k: int = 768, n: int = 3072) -> tuple[onnx.ModelProto, float]:
     return oh.make_model(graph, opset_imports=[oh.make_opsetid("", 17)]), 2.0 * m * k * n
 
 
-def resnet18() -> onnx.ModelProto:
-    """ResNet-18 (torchvision's layout, random weights), 1x3x224x224."""
-    import torch
-    from torch import nn
-
-    def block(cin, cout, stride):
-        body = nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout),
-                             nn.ReLU(), nn.Conv2d(cout, cout, 3, 1, 1, bias=False),
-                             nn.BatchNorm2d(cout))
-        skip = nn.Identity() if stride == 1 and cin == cout else nn.Sequential(
-            nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
-        return body, skip
-
-    class Res(nn.Module):
-        def __init__(self, cin, cout, stride):
-            super().__init__()
-            self.body, self.skip = block(cin, cout, stride)
-
-        def forward(self, x):
-            return torch.relu(self.body(x) + self.skip(x))
-
-    torch.manual_seed(0)
-    layers = [nn.Conv2d(3, 64, 7, 2, 3, bias=False), nn.BatchNorm2d(64), nn.ReLU(),
-              nn.MaxPool2d(3, 2, 1)]
-    for cin, cout, stride in [(64, 64, 1), (64, 128, 2), (128, 256, 2), (256, 512, 2)]:
-        layers += [Res(cin, cout, stride), Res(cout, cout, 1)]
-    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(512, 1000)]
-    net = nn.Sequential(*layers).eval()
-    return zoo.export(net, (torch.randn(1, 3, 224, 224),), ["x"], ["y"])
-
-
 def load_case(name: str) -> tuple[tc.Model, float | None]:
     if name.startswith("gemm"):
         model, flops = gemm(int(name[4:]))
@@ -86,7 +55,7 @@ def load_case(name: str) -> tuple[tc.Model, float | None]:
         return tc.load(zoo.minilm(), input_shapes={n: [1, 128] for n in (
             "input_ids", "attention_mask", "token_type_ids")}), None
     if name == "resnet18":
-        return tc.load(resnet18()), None
+        return tc.load(zoo_vision.build("resnet18")), None
     return tc.load(zoo.build(name), input_shapes={"x": [8, *zoo.ZOO[name][1]]}), None
 
 
