@@ -19,6 +19,7 @@ from tvmcompress.passes.prune_structured import PruneConfig
 from tvmcompress.passes.quantize import QuantizeConfig
 from tvmcompress.passes.sensitivity import ratio_schedule, sensitivity
 from tvmcompress.report import Report
+from tvmcompress.schedules.tune import Tune
 from tvmcompress.targets import TargetPreset, list_presets, resolve_target
 
 __version__ = "0.1.0"
@@ -39,6 +40,7 @@ __all__ = [
     "TargetError",
     "TargetPreset",
     "TensorSpec",
+    "Tune",
     "TvmCompressError",
     "UnsupportedModelError",
     "compile",

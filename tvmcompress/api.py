@@ -22,7 +22,9 @@ from tvmcompress.errors import ConfigError, ExportError, TargetError
 from tvmcompress.frontend import Model, load
 from tvmcompress.passes import run_passes
 from tvmcompress.report import Report, op_stats
-from tvmcompress.schedules import BuildInfo, build
+from tvmcompress.schedules import BuildInfo, build, tunedb
+from tvmcompress.schedules.tune import Tune
+from tvmcompress.schedules.tune import tune as run_tuning
 from tvmcompress.targets import TargetPreset, resolve_target
 
 logger = logging.getLogger(__name__)
@@ -82,6 +84,9 @@ class CompiledModel:
                      self.build_info.seconds, self.build_info.kernels,
                      list(self.build_info.unscheduled), notes=list(self.model.notes),
                      passes=list(self.pass_log))
+        rep.notes.append(f"{len(self.build_info.from_database)} of {self.build_info.kernels} "
+                         "kernels scheduled from a tuning database, the others by the default "
+                         "rules")
         if eval_inputs is not None and self.config.passes:
             from tvmcompress.passes.calibrate import quantization_fidelity
 
@@ -184,8 +189,9 @@ def compile(
     model: Model | str | Path | Any,
     target: str | dict | tvm.target.Target | TargetPreset = "host",
     config: CompressConfig | None = None,
-    tune: Any = None,
+    tune: Tune | None = None,
     input_shapes: Mapping[str, Sequence[int]] | None = None,
+    database: str | Path | None = None,
 ) -> CompiledModel:
     """Compile ``model`` for ``target``.
 
@@ -198,13 +204,17 @@ def compile(
     config
         The compression passes to run, in order; none by default.
     tune
-        MetaSchedule tuning settings; not available in this version (raises ConfigError).
+        A :class:`tc.Tune`: tune the model's kernels with MetaSchedule for at most
+        ``tune.seconds`` first, recording into ``tune.database``.
     input_shapes
         Static shapes for dynamic inputs, when ``model`` is not loaded yet.
+    database
+        A tuning database directory to read (besides the shipped one and the per-user one);
+        kernels with a record there for a compatible target use it, the others the default
+        rules.
     """
-    if tune is not None:
-        raise ConfigError("tune= is not available yet: this version compiles with default "
-                          "schedules only; pass tune=None")
+    if tune is not None and not isinstance(tune, Tune):
+        raise ConfigError(f"tune must be a tc.Tune, got {type(tune).__name__}")
     if config is not None and not isinstance(config, CompressConfig):
         raise ConfigError(f"config must be a tc.CompressConfig, got {type(config).__name__}")
     config = config or CompressConfig()
@@ -215,7 +225,10 @@ def compile(
     preset = resolve_target(target)
     with preset.tvm_target:  # passes may choose by target (e.g. u8 x s8 activations on x86)
         ir, pass_log = run_passes(model.mod, config)
-    executable, info = build(ir, preset)
+    tuning = run_tuning(ir, preset, tune) if tune is not None else None
+    databases = tunedb.databases(database, tune.directory if tune else None)
+    executable, info = build(ir, preset, tunedb.load(databases) if databases else None)
+    info.tuning = tuning
     return CompiledModel(model, preset, config, ir, executable, info, pass_log)
 
 

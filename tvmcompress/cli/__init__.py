@@ -13,6 +13,7 @@ SUBCOMMANDS = {
     "run": "Run an exported module on inputs from an .npz file (or random inputs).",
     "bench": "Measure the latency of an exported module or of a model compiled for this host.",
     "report": "Compile a model and print params, weight bytes, MACs, latency and fidelity.",
+    "tune": "Tune a model's kernels with MetaSchedule for a time budget into a database.",
     "targets": "List the target presets.",
 }
 

@@ -20,6 +20,9 @@ def add_model_arguments(parser: argparse.ArgumentParser,
                              "default: host")
     parser.add_argument("--input-shape", action="append", default=[], metavar="NAME:D1,D2,...",
                         help="static shape of an input with dynamic dimensions; repeatable")
+    parser.add_argument("--db", metavar="DIR",
+                        help="a tuning database to use (read-only here; `tvmcompress tune` "
+                             "writes one), besides the shipped and per-user ones")
     add_compress_arguments(parser)
 
 
@@ -68,8 +71,9 @@ def load_inputs(path: str | None, signature) -> dict:
         raise InputError(f"{path} is not a readable .npz file: {err}") from err
 
 
-def compile_from_args(args: argparse.Namespace):
-    """Load and compile ``args.model`` for ``args.target``, showing each step."""
+def compile_from_args(args: argparse.Namespace, tune=None):
+    """Load and compile ``args.model`` for ``args.target`` (tuning first with ``tune``),
+    showing each step."""
     import tvmcompress as tc
 
     shapes = parse_input_shapes(args.input_shape)
@@ -81,7 +85,7 @@ def compile_from_args(args: argparse.Namespace):
     with step(f"Loading {args.model} (check, fix shapes, fold, import)"):
         model = tc.load(args.model, input_shapes=shapes)
     with step(f"Compressing and compiling for {target.name}"):
-        return tc.compile(model, target, config=config)
+        return tc.compile(model, target, config=config, tune=tune, database=args.db)
 
 
 @contextlib.contextmanager

@@ -1,0 +1,136 @@
+"""The tuning loop: seed each kernel with its default schedule, then rounds of MetaSchedule's
+evolutionary search on the kernel that costs the most, until the time budget is spent."""
+
+from __future__ import annotations
+
+import json
+import logging
+import statistics
+import time
+
+import tvm
+import tvm_ffi
+from tvm.s_tir import meta_schedule as ms
+
+from tvmcompress.schedules import _measure
+
+logger = logging.getLogger(__name__)
+POPULATION = 64  # MetaSchedule's 512 costs tens of seconds of search per round on 2 cores
+
+
+def best_secs(db: ms.database.Database, task, target: tvm.target.Target) -> float | None:
+    from tvmcompress.schedules.tunedb import best_record
+
+    rec = best_record(db, task.mod, target)
+    return statistics.mean(float(s) for s in rec.run_secs) if rec else None
+
+
+def measured_trials(db: ms.database.Database, task) -> int:
+    if not db.has_workload(task.mod):
+        return 0
+    return len(db.get_top_k(db.commit_workload(task.mod), 1 << 16))
+
+
+def default_schedule(task, target: tvm.target.Target) -> tvm.s_tir.Schedule | None:
+    """The schedule our default rules give the kernel (build.rules_for, as builds apply it)."""
+    from tvmcompress.schedules.build import rules_for
+    from tvmcompress.schedules.guard import Guarded
+
+    for rule in rules_for(target):
+        sch = Guarded(rule).apply(task.mod["main"], target, False)
+        if isinstance(sch, list):
+            sch = sch[0] if sch else None
+        if sch is not None:
+            return sch
+    return None
+
+
+def seed_default(task, db, target, builder, runner) -> None:
+    """Measure the default schedule and commit it as a record (once per workload+target).
+
+    The trace is replayed on a fresh schedule first: only a trace that reproduces the
+    default schedule may stand for it in the database.
+    """
+    sch = default_schedule(task, target)
+    if sch is None:
+        return
+    replayed = tvm.s_tir.Schedule(task.mod)
+    sch.trace.apply_to_schedule(replayed, remove_postproc=False)
+    if not tvm_ffi.structural_equal(replayed.mod, sch.mod):
+        logger.warning("default schedule of %s does not replay from its trace; not seeded",
+                       task.name)
+        return
+    run_secs = _measure.measure(sch, target, builder, runner)
+    if isinstance(run_secs, str):
+        logger.warning("default schedule of %s not seeded: %s", task.name, run_secs[:2000])
+        return
+    task.default_secs = statistics.mean(run_secs)
+    workload = db.commit_workload(task.mod)
+    for rec in db.get_top_k(workload, 1 << 16):
+        if str(rec.target) == str(target) and _same_trace(rec.trace, sch.trace):
+            return  # a rerun: the default is already recorded
+    args = ms.arg_info.ArgInfo.from_prim_func(task.mod["main"])
+    db.commit_tuning_record(ms.database.TuningRecord(
+        sch.trace, workload, run_secs, target, args))
+
+
+def _same_trace(a, b) -> bool:
+    return json.dumps(a.as_json(), default=str) == json.dumps(b.as_json(), default=str)
+
+
+def run_round(task, n: int, db, target, builder, runner, cost_model, work_dir: str,
+              seed: int) -> None:
+    """``n`` trials of evolutionary search on one kernel, measured and committed to ``db``."""
+    with _measure.no_intrinsics():
+        ctx = ms.TuneContext(mod=task.mod, target=target, space_generator="post-order-apply",
+                             search_strategy=ms.search_strategy.EvolutionarySearch(
+                                 population_size=POPULATION), task_name=task.name,
+                             rand_state=seed, num_threads=2,
+                             logger=logging.getLogger("tvmcompress.metaschedule"))
+    ms.tune.tune_tasks(tasks=[ctx], task_weights=[1.0], work_dir=work_dir,
+                       max_trials_global=n, num_trials_per_iter=n, builder=builder,
+                       runner=runner, database=db, cost_model=cost_model,
+                       task_scheduler="round-robin")
+
+
+def pick(tasks, trials_cap: int | None):
+    """The kernel to tune next: most time (calls x best time), decaying with rounds spent."""
+    def left(t) -> int:
+        return (trials_cap - t.trials) if trials_cap else 1 << 30
+
+    ready = [t for t in tasks if left(t) > 0]
+    if not ready:
+        return None, 0
+    task = max(ready, key=lambda t: t.weight * (t.best_secs or 1e-3) * 0.7 ** t.rounds)
+    return task, left(task)
+
+
+def search(tasks, db, target, builder, runner, deadline: float, trials_cap, work_dir,
+           on_round, per_trial: float, per_round: int = 8) -> int:
+    """Rounds until ``deadline``; returns the trials run. A round is started only when its
+    predicted cost (search overhead + trials x ``per_trial``, both re-estimated from each
+    round) fits in the time left; builds and runs past the deadline are skipped anyway."""
+    cost_model = _measure.DeadlineCostModel(deadline)
+    overhead, trials = 5.0, 0  # search seconds per round: a first guess, then measured
+    while True:
+        task, left = pick(tasks, trials_cap)
+        budget = deadline - time.perf_counter() - overhead
+        n = min(per_round, left, int(budget / per_trial))
+        if task is None or n < 1:
+            return trials
+        start = time.perf_counter()
+        try:
+            run_round(task, n, db, target, builder, runner, cost_model, work_dir,
+                      seed=task.rounds + 1)
+        except Exception:  # TimeBudgetSpent, wrapped by the C++ search it went through
+            if time.perf_counter() <= deadline:
+                raise
+            logger.info("round %d of %s stopped at the deadline", task.rounds + 1, task.name)
+        elapsed = time.perf_counter() - start
+        overhead = max(0.5, elapsed - n * per_trial)
+        logger.info("round %d: %s, %d trials, %.1f s", task.rounds + 1, task.name, n, elapsed)
+        task.rounds += 1
+        task.trials += n
+        trials += n
+        task.best_secs = best_secs(db, task, target)
+        on_round(trials)

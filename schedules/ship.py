@@ -1,0 +1,56 @@
+"""Prune a tuning database to what is worth shipping: per kernel, the best record, and only
+where it beats the default rules' schedule (measured in the same run) by a margin."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import statistics
+import tempfile
+from pathlib import Path
+
+import tvm
+import tvm_ffi
+from tvm.s_tir import meta_schedule as ms
+
+from tvmcompress.schedules import _search, tunedb
+
+
+def _mean(rec: ms.database.TuningRecord) -> float:
+    return statistics.mean(float(s) for s in rec.run_secs)
+
+
+def _trace(rec_or_sch) -> str:
+    return json.dumps(rec_or_sch.trace.as_json(), default=str)
+
+
+def prune(source: Path, dest: Path, target: tvm.target.Target, margin: float = 0.95) -> int:
+    """Write to ``dest`` (replacing it) each workload's best record from ``source`` whose
+    mean time is below ``margin`` x its default schedule's; returns how many."""
+    records = tunedb.read_records(Path(source))
+    db = ms.database.MemoryDatabase()
+    tunedb.copy_records(records, db)
+    keep, seen = [], set()
+    for rec in records:
+        mod = rec.workload.mod
+        key = tvm_ffi.structural_hash(mod)
+        if key in seen:
+            continue
+        seen.add(key)
+        best = tunedb.best_record(db, mod, target)
+        task = type("Workload", (), {"mod": mod, "name": "kernel"})()
+        default = _search.default_schedule(task, target)
+        if best is None or default is None:
+            continue
+        same = [r for r in db.get_top_k(db.commit_workload(mod), 1 << 16)
+                if _trace(r) == _trace(default)]
+        if same and _trace(best) != _trace(default) and _mean(best) < margin * _mean(same[0]):
+            keep.append(best)
+    staging = Path(tempfile.mkdtemp(prefix=".ship-"))
+    tunedb.copy_records(keep, ms.database.JSONDatabase(work_dir=str(staging)))
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in (tunedb.WORKLOADS, tunedb.RECORDS):
+        shutil.move(staging / name, dest / name)
+    shutil.rmtree(staging, ignore_errors=True)
+    return len(keep)
