@@ -34,7 +34,8 @@ from onnx import helper as oh  # noqa: E402
 import tvmcompress as tc  # noqa: E402
 from tvmcompress import reference, runtime, zoo, zoo_vision  # noqa: E402
 
-CASES = ("gemm1", "gemm128", "cnn", "transformer", "minilm", "resnet18")
+CASES = ("gemm1", "gemm128", "cnn", "transformer", "minilm", "minilm8", "resnet18",
+         "mobilenet_v2")
 
 
 def gemm(m: int, k: int = 768, n: int = 3072) -> tuple[onnx.ModelProto, float]:
@@ -51,11 +52,12 @@ def load_case(name: str) -> tuple[tc.Model, float | None]:
     if name.startswith("gemm"):
         model, flops = gemm(int(name[4:]))
         return tc.load(model), flops
-    if name == "minilm":
-        return tc.load(zoo.minilm(), input_shapes={n: [1, 128] for n in (
+    if name.startswith("minilm"):
+        batch = int(name[6:] or 1)
+        return tc.load(zoo.minilm(), input_shapes={n: [batch, 128] for n in (
             "input_ids", "attention_mask", "token_type_ids")}), None
-    if name == "resnet18":
-        return tc.load(zoo_vision.build("resnet18")), None
+    if name in zoo_vision.NETS:
+        return tc.load(zoo_vision.build(name)), None
     return tc.load(zoo.build(name), input_shapes={"x": [8, *zoo.ZOO[name][1]]}), None
 
 

@@ -12,24 +12,37 @@ from __future__ import annotations
 import contextlib
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 import tvm
+import tvm_ffi
 from tvm import relax
 from tvm.s_tir import dlight as dl
+from tvm.s_tir.meta_schedule.database import Database
 
 from tvmcompress.schedules.cpu import Conv2d, Elementwise, Matmul
+from tvmcompress.schedules.cpu.int4_matmul import Int4Matmul
+from tvmcompress.schedules.cpu.int8_gemm import Int8Gemm
+from tvmcompress.schedules.cpu.int8_pack import int8_pack
+from tvmcompress.schedules.cpu.nchwc import to_nchwc
 from tvmcompress.schedules.cpu.pack_weights import pack_weights
 from tvmcompress.schedules.guard import Guarded
+from tvmcompress.schedules.records import apply_database
 from tvmcompress.targets import TargetPreset
+
+LAID_OUT = "tvmcompress.laid_out"
 
 
 @dataclass
 class BuildInfo:
-    """What the build did: time taken and which kernels got no schedule."""
+    """What the build did: time taken, which kernels got no schedule and which got theirs
+    from a tuning database (the rest got the default rules)."""
 
     seconds: float = 0.0
     kernels: int = 0
     unscheduled: list[str] = field(default_factory=list)
+    from_database: list[str] = field(default_factory=list)
+    tuning: Any = None  # the TuneResult when this build was tuned first
 
 
 def rules_for(target: tvm.target.Target) -> list[dl.ScheduleRule]:
@@ -37,13 +50,24 @@ def rules_for(target: tvm.target.Target) -> list[dl.ScheduleRule]:
     if "gpu" in target.keys:
         return [dl.gpu.Matmul(), dl.gpu.GEMV(), dl.gpu.Reduction(), dl.gpu.GeneralReduction(),
                 dl.gpu.Fallback()]
-    return [Matmul(), Conv2d(), Elementwise(), dl.cpu.GEMV(), dl.cpu.Reduction()]
+    return [Int8Gemm(), Int4Matmul(), Matmul(), Conv2d(), Elementwise(), dl.cpu.GEMV(),
+            dl.cpu.Reduction()]
 
 
 def layout_passes(target: tvm.target.Target) -> list[tvm.transform.Pass]:
     """Relax-level layout changes our schedules rely on, run before legalization and fusion
-    (no-ops for GPU targets)."""
-    return [pack_weights(target)]
+    (no-ops for GPU targets). They run once: a module that went through them is marked, so a
+    build of it (e.g. with the packed weights lifted into parameters) does not run them again."""
+    inner = tvm.transform.Sequential([int8_pack(target), to_nchwc(target), pack_weights(target)])
+
+    @tvm.transform.module_pass(opt_level=0, name="TvmCompressLayout")
+    def lay_out(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
+        if mod.attrs is not None and mod.attrs.get(LAID_OUT):
+            return mod
+        out = inner(mod)
+        return mod if tvm_ffi.structural_equal(out, mod) else out.with_attr(LAID_OUT, True)
+
+    return [lay_out]
 
 
 def _backend(target: tvm.target.Target):
@@ -54,11 +78,20 @@ def _backend(target: tvm.target.Target):
     return gpu_generic.pipeline if "gpu" in target.keys else cpu_generic.pipeline
 
 
-def relax_pipeline(target: tvm.target.Target, info: BuildInfo) -> tvm.transform.Pass:
-    """TVM's backend pipeline for the target, with our schedule rules after fusion."""
+def fusion_passes(target: tvm.target.Target) -> list[tvm.transform.Pass]:
+    """Everything before scheduling: library dispatch, our layout changes, legalize, fuse.
+    Tuning extracts its kernels after these, so workloads match the ones builds schedule."""
     backend = _backend(target)
     fuse = [p for p in backend.legalize_passes(target)
             if not isinstance(p, dl.ApplyDefaultSchedule)]
+    return backend.library_dispatch_passes(target) + layout_passes(target) + fuse
+
+
+def relax_pipeline(target: tvm.target.Target, info: BuildInfo,
+                   database: Database | None = None) -> tvm.transform.Pass:
+    """TVM's backend pipeline for the target: tuned records from ``database`` where it has
+    them, our schedule rules for the other kernels, after fusion."""
+    backend = _backend(target)
 
     @tvm.transform.module_pass(opt_level=0, name="RecordUnscheduled")
     def record(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
@@ -69,14 +102,16 @@ def relax_pipeline(target: tvm.target.Target, info: BuildInfo) -> tvm.transform.
                                   if not (f.attrs and f.attrs.get("tirx.is_scheduled")))
         return mod
 
-    passes = (backend.library_dispatch_passes(target) + layout_passes(target) + fuse
-              + [dl.ApplyDefaultSchedule(*map(Guarded, rules_for(target))), record]
-              + backend.dataflow_lower_passes(target) + backend.finalize_passes(target))
+    passes = [*fusion_passes(target), apply_database(database, target, info.from_database),
+              dl.ApplyDefaultSchedule(*map(Guarded, rules_for(target))), record,
+              *backend.dataflow_lower_passes(target), *backend.finalize_passes(target)]
     return tvm.transform.Sequential(passes, name="TvmCompressBuild")
 
 
-def build(mod: tvm.IRModule, preset: TargetPreset) -> tuple[relax.VMExecutable, BuildInfo]:
-    """Compile ``mod`` for ``preset``; returns the executable and what the build did."""
+def build(mod: tvm.IRModule, preset: TargetPreset, database: Database | None = None
+          ) -> tuple[relax.VMExecutable, BuildInfo]:
+    """Compile ``mod`` for ``preset``, taking kernels' schedules from ``database`` where it
+    has a record for them; returns the executable and what the build did."""
     target = preset.tvm_target
     info = BuildInfo()
     start = time.perf_counter()
@@ -84,7 +119,8 @@ def build(mod: tvm.IRModule, preset: TargetPreset) -> tuple[relax.VMExecutable, 
 
     is_cuda = target.kind.name == "cuda"  # device code (SASS) even without a GPU, checked here
     with cuda.device_codegen() if is_cuda else contextlib.nullcontext(), target:
-        executable = tvm.compile(mod, target, relax_pipeline=relax_pipeline(target, info))
+        executable = tvm.compile(mod, target,
+                                 relax_pipeline=relax_pipeline(target, info, database))
     if is_cuda:
         cuda.check_executable(executable, str(target.attrs["arch"]))
     info.seconds = time.perf_counter() - start

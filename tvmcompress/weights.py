@@ -6,7 +6,8 @@ rebuilt with every non-scalar constant of ``main`` turned into a trailing parame
 with ``tvm.runtime.save_param_dict_to_file`` to ``weights.params``: one library can then serve
 other weights of the same shapes, and the runtimes (Python ``tc.runtime.load``, C++
 ``tvmcompress::Model``) load the file with ``runtime.LoadParamsFromFile`` and pass the tensors
-after the inputs.
+after the inputs. The weights are lifted after the target's layout passes, i.e. in the layout the
+kernels read (pre-packed), so the library computes exactly what the embedded export does.
 """
 
 from __future__ import annotations
@@ -84,8 +85,12 @@ def export_separately(ir: tvm.IRModule, preset, directory: Path) -> tuple[object
     """Rebuild ``ir`` for ``preset`` with lifted weights, write ``weights.params`` into
     ``directory``; returns the executable and the manifest's ``weights`` entry."""
     from tvmcompress.schedules import build
+    from tvmcompress.schedules.build import layout_passes
 
-    lifted, values = lift_weights(ir)
+    target = preset.tvm_target
+    with target:  # lift the weights as the kernels read them: packed at compile time, as embedded
+        laid_out = tvm.transform.Sequential(layout_passes(target))(ir)
+    lifted, values = lift_weights(laid_out)
     executable, _ = build(lifted, preset)
     save_weights(values, Path(directory) / WEIGHTS_FILE)
     return executable, {"file": WEIGHTS_FILE, "names": list(values),

@@ -19,7 +19,7 @@ from tvm.s_tir.dlight.base import try_inline
 from tvm.target import Target
 from tvm_ffi import get_global_func
 
-from tvmcompress.schedules.cpu import common
+from tvmcompress.schedules.cpu import common, conv_nchwc
 
 _HAS_IF = get_global_func("s_tir.schedule.HasIfThenElse")
 
@@ -40,12 +40,15 @@ class Conv2d(common.CPURule):
         if len(epilogues) > 1 or not all(b.is_injective() for b in epilogues):
             return False
         main = infos[pos].block_rv
-        panel = _window_kind(sch.get(main))
         extents = common.const_extents(sch, sch.get_loops(main))
+        blocked = conv_nchwc.window_kind(sch.get(main))
+        panel = _window_kind(sch.get(main)) if blocked is None else -1
         if panel is None or extents is None:
             return False
         epilogue = epilogues[0].block_rv if epilogues else None
-        if panel:
+        if blocked is not None:
+            conv_nchwc.tile(sch, main, epilogue, extents, blocked, target)
+        elif panel:
             _tile_channels(sch, main, epilogue, extents, panel, target)
         else:
             _tile_width(sch, main, epilogue, extents, target)

@@ -31,6 +31,13 @@ CASES = {
     "depthwise_prime": dict(n=1, c=6, hw=7, oc=6, k=3, pad=1, group=6),
     "grouped_dilated": dict(n=1, c=4, hw=11, oc=6, k=3, pad=2, group=2, dilation=2),
     "7x7_stem": dict(n=1, c=3, hw=32, oc=16, k=7, stride=2, pad=3),
+    # NCHWc (channels multiples of the vector): dense, depthwise, grouped, odd maps
+    "nchwc_3x3_7wide": dict(n=1, c=16, hw=7, oc=32, k=3, pad=1),
+    "nchwc_1x1_stride2_batch": dict(n=2, c=24, hw=14, oc=8, k=1, stride=2),
+    "nchwc_depthwise_stride2": dict(n=1, c=24, hw=15, oc=24, k=3, stride=2, pad=1, group=24),
+    "nchwc_depthwise_residual": dict(n=1, c=16, hw=5, oc=16, k=3, pad=1, group=16,
+                                     residual=True),
+    "nchwc_grouped": dict(n=1, c=32, hw=6, oc=16, k=3, pad=1, group=4),
 }
 
 

@@ -42,7 +42,7 @@ def _model(kind: str, channels: int = 16, group: int = 1):
 
 
 @pytest.mark.parametrize("kind, op, packed", [("matmul", "R.matmul", "matmul_packed"),
-                                              ("conv", "R.nn.conv2d", "conv2d_packed")])
+                                              ("conv", "R.nn.conv2d", "conv2d_nchwc")])
 def test_constant_weights_are_packed_on_cpu(kind, op, packed):
     mod = tc.load(_model(kind)).mod
     target = resolve_target("host").tvm_target

@@ -1,0 +1,172 @@
+"""NCHWc layout for CPU convolutions: activations ``[N, C / b, H, W, b]`` with ``b`` = the fp32
+vector lanes (8 on AVX2, 16 on AVX-512, 4 on NEON), weights pre-packed ``[O / b, I / g, KH, KW,
+b]`` at compile time.
+
+In NCHW a conv vectorizes along the output width (needs widths that are multiples of the
+vector: ResNet's 7 and 14 are not, and stride 2 gathers) or along output channels with a
+broadcast of each input pixel (a depthwise conv has no channel reuse, so it stays scalar).
+In NCHWc every conv, depthwise included, and every pool is one vector per output pixel block,
+read and written contiguously, whatever the map size. TVM's ``ConvertLayout`` propagates the
+layout through the element-wise ops, adds and pools between convs, so transforms remain only
+where the layout cannot follow (a conv whose channels are not multiples of ``b``, the head).
+
+The pass runs before legalization: the frontend's ReLU6 (``call_tir`` of maximum/minimum with a
+scalar) becomes Relax ops again so the layout can flow through it, then ``ConvertLayout``,
+then constant folding (the weight transforms), then each NCHWc conv becomes a TE compute
+that ``Conv2d`` schedules (``conv2d.py``: channels mode over 5-D outputs).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import tvm
+from tvm import relax, te, topi
+from tvm.ir.expr import Constant
+from tvm.relax.expr_functor import PyExprMutator, mutator
+from tvm.target import Target
+
+from tvmcompress.schedules.cpu import common
+
+
+def block_width(target: Target) -> int:
+    """Channels per block: one fp32 vector."""
+    return common.lanes(target, "float32")
+
+
+def nchwc_conv2d(data: te.Tensor, weight: te.Tensor, strides, padding, dilation,
+                 groups: int) -> te.Tensor:
+    """``out[n, o // b, y, x, o % b]`` of data ``[N, C / b, H, W, b]`` and weight
+    ``[O / b, I / groups, KH, KW, b]``. Dense convs reduce over (ic block, ky, kx, ic lane),
+    so the innermost reduction reads contiguous input; depthwise convs read the same lane."""
+    n, _, height, width, b = (int(d) for d in data.shape)
+    if len(weight.shape) == 6:  # dense, [O / b, I / b, KH, KW, b (in), b (out)]: see pack_dense
+        panels, in_blocks, kh, kw, _, _ = (int(d) for d in weight.shape)
+        in_per_group = in_blocks * b
+    else:
+        panels, in_per_group, kh, kw, _ = (int(d) for d in weight.shape)
+    (sh, sw), (dh, dw) = strides, dilation
+    top, left, bottom, right = padding
+    out_h = (height + top + bottom - (kh - 1) * dh - 1) // sh + 1
+    out_w = (width + left + right - (kw - 1) * dw - 1) // sw + 1
+    if any(padding):
+        data = topi.nn.pad(data, [0, 0, top, left, 0], [0, 0, bottom, right, 0],
+                           name="pad_temp")
+    ry, rx = te.reduce_axis((0, kh), name="ry"), te.reduce_axis((0, kw), name="rx")
+    shape = (n, panels, out_h, out_w, b)
+    out_per_group = panels * b // groups
+
+    def window(bi, c_block, y, x, lane):
+        return data[bi, c_block, y * sh + ry * dh, x * sw + rx * dw, lane]
+
+    if len(weight.shape) == 6:
+        rco = te.reduce_axis((0, in_per_group // b), name="rco")
+        rci = te.reduce_axis((0, b), name="rci")
+        return te.compute(shape, lambda bi, o, y, x, v: te.sum(
+            window(bi, rco, y, x, rci) * weight[o, rco, ry, rx, rci, v],
+            axis=[rco, ry, rx, rci]), name="conv2d_nchwc")
+    if in_per_group == 1 and out_per_group == 1:  # depthwise
+        return te.compute(shape, lambda bi, o, y, x, v: te.sum(
+            window(bi, o, y, x, v) * weight[o, 0, ry, rx, v], axis=[ry, rx]),
+            name="conv2d_nchwc")
+    rc = te.reduce_axis((0, in_per_group), name="rc")
+
+    def grouped(bi, o, y, x, v):
+        channel = (o * b + v) // out_per_group * in_per_group + rc
+        return te.sum(window(bi, channel // b, y, x, channel % b) * weight[o, rc, ry, rx, v],
+                      axis=[rc, ry, rx])
+
+    return te.compute(shape, grouped, name="conv2d_nchwc")
+
+
+def pack_dense(weight: np.ndarray) -> np.ndarray:
+    """[O / b, I, KH, KW, b] -> [O / b, I / b, KH, KW, b (in), b (out)]: the reduction order
+    (in block, ky, kx, in lane) then walks the weight panel contiguously."""
+    panels, in_ch, kh, kw, b = weight.shape
+    return np.ascontiguousarray(weight.reshape(panels, in_ch // b, b, kh, kw, b)
+                                .transpose(0, 1, 3, 4, 2, 5))
+
+
+def _is_scalar_const(expr: relax.Expr) -> bool:
+    return isinstance(expr, Constant) and len(expr.value.shape) == 0
+
+
+@mutator
+class _Rewriter(PyExprMutator):
+    """``mode`` "clip": frontend ``call_tir(maximum|minimum, (x, scalar))`` -> Relax ops;
+    "pad": typed pad values for layout transforms; "conv": NCHWc conv2d ->
+    ``call_te(nchwc_conv2d)``."""
+
+    def __init__(self, mod: tvm.IRModule, mode: str, layout: str):
+        super().__init__(mod)
+        self.mod_, self.mode, self.layout = mod, mode, layout
+
+    def visit_call_(self, call: relax.Call) -> relax.Expr:
+        call = super().visit_call_(call)
+        if self.mode == "clip":
+            return self._clip(call)
+        if self.mode == "pad":
+            return self._typed_pad(call)
+        if call.op != tvm.ir.Op.get("relax.nn.conv2d") or call.attrs.data_layout != self.layout:
+            return call
+        attrs = call.attrs
+        if str(attrs.out_dtype) not in ("None", "", "void", "float32") \
+                or str(call.args[0].ty.dtype) != "float32":
+            return call
+        weight, b = call.args[1], int(call.args[0].ty.shape[-1])
+        if isinstance(weight, Constant) and int(attrs.groups) == 1 \
+                and int(weight.value.shape[1]) % b == 0:
+            weight = relax.const(pack_dense(weight.value.numpy()))
+        return self.builder_.call_te(
+            nchwc_conv2d, call.args[0], weight, [int(s) for s in attrs.strides],
+            [int(p) for p in attrs.padding], [int(d) for d in attrs.dilation],
+            int(attrs.groups), primfunc_name_hint="conv2d_nchwc")
+
+    def _typed_pad(self, call: relax.Call) -> relax.Expr:
+        """Legalization pads a bool tensor's layout transform with a number, which cannot
+        lower; masks between convs (``where(x > t, ..)``) move as uint8 instead."""
+        x = call.args[0]
+        if call.op != tvm.ir.Op.get("relax.layout_transform") or str(x.ty.dtype) != "bool":
+            return call
+        as_bytes = self.builder_.emit(relax.op.astype(x, "uint8"))
+        moved = self.builder_.emit(relax.op.layout_transform(as_bytes, call.attrs.index_map))
+        return relax.op.astype(moved, "bool")
+
+    def _clip(self, call: relax.Call) -> relax.Expr:
+        if call.op != tvm.ir.Op.get("relax.call_tir") or len(call.args[1].fields) != 2:
+            return call
+        name = call.args[0].name_hint
+        x, bound = call.args[1].fields
+        op = {"maximum": relax.op.maximum, "minimum": relax.op.minimum}.get(
+            name.rstrip("0123456789"))
+        if op is None or not _is_scalar_const(bound) or not isinstance(x.ty, relax.TensorType) \
+                or str(x.ty.dtype) != str(bound.value.dtype):
+            return call
+        return op(x, bound)
+
+
+def _rewrite(mod: tvm.IRModule, mode: str, layout: str) -> tvm.IRModule:
+    rewriter = _Rewriter(mod, mode, layout)
+    for gv, func in mod.functions_items():
+        if isinstance(func, relax.Function):
+            rewriter.builder_.update_func(gv, rewriter.visit_expr(func))
+    return relax.transform.DeadCodeElimination()(rewriter.builder_.finalize())
+
+
+def to_nchwc(target: Target) -> tvm.transform.Pass:
+    """Relax module pass: fp32 NCHW convs whose channels fill whole vectors run in NCHWc
+    (CPU only; others are left to ``pack_weights``)."""
+    b = block_width(target)
+    layout = f"NCHW{b}c"
+
+    @tvm.transform.module_pass(opt_level=0, name="ToNCHWc")
+    def _pass(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
+        if not common.is_cpu(target) or b < 2:
+            return mod
+        mod = _rewrite(mod, "clip", layout)
+        mod = relax.transform.ConvertLayout({"relax.nn.conv2d": [layout, f"OIHW{b}o"]})(mod)
+        mod = _rewrite(mod, "pad", layout)
+        mod = relax.transform.FoldConstant()(mod)
+        mod = relax.transform.EliminateCommonSubexpr()(mod)  # one transform per tensor
+        return _rewrite(mod, "conv", layout)
+
+    return _pass

@@ -1,0 +1,109 @@
+"""NCHWc layout pass: convs with whole-vector channel counts run blocked (``conv2d_nchwc``),
+ReLU6 and pooling follow the layout, other convs stay NCHW; numerics against unscheduled TVM
+(a conv -> ReLU6 -> depthwise -> max-pool chain) and the block width per target."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tvm
+from onnx import helper as oh
+from schedule_helpers import assert_parity, onnx_model, weights
+from tvm import relax
+
+import tvmcompress as tc
+from tvmcompress.schedules.build import layout_passes
+from tvmcompress.schedules.cpu import nchwc
+from tvmcompress.schedules.cpu.conv_nchwc import tile_sizes
+from tvmcompress.targets import resolve_target
+
+
+def chain(c_in: int = 3, c: int = 16) -> tc.Model:
+    """stem conv (c_in -> c) -> Clip(0, 6) -> depthwise 3x3 -> MaxPool 2x2 -> 1x1 conv."""
+    nodes = [oh.make_node("Conv", ["x", "w0"], ["a"], kernel_shape=[3, 3], pads=[1] * 4),
+             oh.make_node("Clip", ["a", "lo", "hi"], ["b"]),
+             oh.make_node("Conv", ["b", "w1"], ["d"], kernel_shape=[3, 3], pads=[1] * 4,
+                          group=c),
+             oh.make_node("MaxPool", ["d"], ["p"], kernel_shape=[2, 2], strides=[2, 2]),
+             oh.make_node("Conv", ["p", "w2"], ["y"], kernel_shape=[1, 1])]
+    params = weights(1, w0=(c, c_in, 3, 3), w1=(c, 1, 3, 3), w2=(8, c, 1, 1))
+    params |= {"lo": np.array(0, "float32"), "hi": np.array(6, "float32")}
+    return onnx_model(nodes, {"x": [1, c_in, 10, 10]}, ("y", [1, 8, 5, 5]), params)
+
+
+def _ops(mod: tvm.IRModule) -> list[str]:
+    names = []
+
+    def visit(expr):
+        if isinstance(expr, relax.Call):
+            op = expr.op
+            names.append(op.name if isinstance(op, tvm.ir.Op) else getattr(op, "name_hint", ""))
+            if op == tvm.ir.Op.get("relax.call_tir"):
+                names.append(expr.args[0].name_hint)
+
+    relax.analysis.post_order_visit(mod["main"], visit)
+    return names
+
+
+def test_layout_pass_blocks_whole_vector_convs(host_target):
+    """The stem (3 input channels) stays NCHW; the depthwise and 1x1 convs become NCHWc
+    kernels with pre-packed weights; ReLU6 is Relax ops again, no call_tir of maximum."""
+    mod = tc.load(chain()).mod
+    with host_target:
+        out = tvm.transform.Sequential(layout_passes(host_target))(mod)
+    ops = _ops(out)
+    assert sum(o.startswith("conv2d_nchwc") for o in ops) == 2
+    assert ops.count("relax.nn.conv2d") + sum(o.startswith("conv2d_packed") for o in ops) == 1
+    assert "relax.minimum" in ops and not any(o.startswith("minimum") for o in ops)
+    assert ops.count("relax.layout_transform") == 2  # into the block layout and back out
+
+
+def test_layout_pass_leaves_unaligned_convs(host_target):
+    """Channel counts that are not multiples of the vector: no NCHWc conv at all."""
+    with host_target:
+        out = nchwc.to_nchwc(host_target)(tc.load(chain(c_in=3, c=6)).mod)
+    ops = _ops(out)
+    assert not any(o.startswith("conv2d_nchwc") for o in ops)
+    assert ops.count("relax.nn.conv2d") == 3
+
+
+@pytest.mark.parametrize("c_in", [3, 8])
+def test_chain_parity(c_in):
+    assert_parity(chain(c_in=c_in, c=16))
+
+
+def test_bool_mask_between_convs_follows_the_layout():
+    """A mask between blocked convs (``where(a > 0.1, a, 0)``) moves with the layout; TVM's
+    legalization alone pads bool transforms with a float and fails to build."""
+    nodes = [oh.make_node("Conv", ["x", "w0"], ["a"], kernel_shape=[3, 3], pads=[1] * 4),
+             oh.make_node("Greater", ["a", "t"], ["m"]),
+             oh.make_node("Where", ["m", "a", "zero"], ["b"]),
+             oh.make_node("Conv", ["b", "w1"], ["y"], kernel_shape=[3, 3], pads=[1] * 4)]
+    params = weights(2, w0=(16, 8, 3, 3), w1=(8, 16, 3, 3))
+    params |= {"t": np.array(0.1, "float32"), "zero": np.array(0, "float32")}
+    model = onnx_model(nodes, {"x": [1, 8, 12, 12]}, ("y", [1, 8, 12, 12]), params)
+    target = resolve_target("host").tvm_target
+    with target:
+        ops = _ops(nchwc.to_nchwc(target)(tc.load(model).mod))
+    assert sum(o.startswith("conv2d_nchwc") for o in ops) == 2
+    assert_parity(model)
+
+
+@pytest.mark.parametrize("preset, width", [("raspberry-pi-4", 4), ("aarch64", 4)])
+def test_block_width_is_the_vector(preset, width):
+    """NEON: 4-lane blocks; the chain builds with every kernel scheduled."""
+    target = resolve_target(preset).tvm_target
+    assert nchwc.block_width(target) == width
+    compiled = tc.compile(chain(), target=preset)
+    assert compiled.build_info.unscheduled == []
+
+
+@pytest.mark.parametrize("width, dense, expected", [
+    (7, True, (7, 1)), (14, True, (7, 1)), (56, True, (4, 2)), (56, False, (14, 1)),
+    (7, False, (7, 1))])
+def test_tile_sizes_avx2(width, dense, expected):
+    """AVX2 (16 registers): rows divide the width (no tail), enough accumulators to cover
+    the FMA latency; depthwise/pool take the most rows."""
+    target = tvm.target.Target({"kind": "llvm", "mtriple": "x86_64-linux-gnu",
+                                "mcpu": "znver3"})
+    assert tile_sizes(32, width, dense, target) == expected
