@@ -9,9 +9,10 @@ import numpy as np
 import tvm
 from tvm import relax, te, tirx, topi
 
+from tvmcompress.passes import _int4_matmul as int4
 from tvmcompress.passes._quant_math import ACT_DTYPE
 
-DEQUANT_MATMUL_RULE = "tvmcompress.dequant_matmul"
+DEQUANT_MATMUL_RULE = int4.DEQUANT_MATMUL_RULE
 DEQUANT_RULE = "tvmcompress.dequant"
 _F32 = "float32"
 
@@ -110,13 +111,22 @@ def _dequant(tensors, out_shape, to_rc, group: int) -> te.Tensor:
     return te.compute(out_shape, value, name="dequant", attrs={"schedule_rule": DEQUANT_RULE})
 
 
+def _cpu() -> bool:
+    """CPU targets (and no target) get ``_int4_matmul``'s panel layout and group-factored
+    matmul; GPU targets keep ``x @ dequant(W)``, the form dlight's GPU rules recognize."""
+    target = tvm.target.Target.current(allow_none=True)
+    return target is None or "gpu" not in target.keys
+
+
 def int4_prim_func(call: relax.Call, x_shape, w_shape, arrays, group: int) -> tirx.PrimFunc:
     """``x @ dequant(W)`` (x flattened to 2-D) or ``conv2d(x, dequant(W))`` as one PrimFunc,
     so the packed weight stays packed in the IR (FoldConstant cannot fold it back)."""
     tensors = [te.placeholder(a.shape, str(a.dtype), n)
                for a, n in zip(arrays, ["packed", "scale", "offset"], strict=False)]
     x = te.placeholder(x_shape, _F32, "x")
-    if call.op.name == "relax.matmul":
+    if call.op.name == "relax.matmul" and _cpu():
+        y = int4.grouped_matmul(x, tensors, w_shape[0], w_shape[1], group)
+    elif call.op.name == "relax.matmul":
         w = _dequant(tensors, tuple(w_shape), lambda k, j: (k, j), group)
         r = te.reduce_axis((0, w_shape[0]), "k")
         y = te.compute((x_shape[0], w_shape[1]), lambda i, j: te.sum(x[i, r] * w[r, j], axis=r),
@@ -146,6 +156,7 @@ def emit_int4(bb: relax.BlockBuilder, call: relax.Call, arrays: list[np.ndarray]
             x = bb.emit(relax.op.reshape(x, [rows, x_shape[-1]]))
         x_shape, ty_shape = [rows, x_shape[-1]], [rows, out_shape[-1]]
         name = "dequant_matmul_int4"
+        arrays = int4.cpu_layout(arrays, w_shape[1]) if _cpu() else arrays
     else:
         ty_shape, name = out_shape, "dequant_conv2d_int4"
     func = int4_prim_func(call, x_shape, w_shape, arrays, group)

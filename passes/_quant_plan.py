@@ -102,6 +102,27 @@ def auto_activation() -> tuple[str, str]:
                           "keeps all 256 codes for ReLU outputs")
 
 
+def int8_weight_bits() -> int:
+    """7 on x86 without VNNI (AVX2, AVX-512 without VNNI): our kernels multiply u8 x s8 with
+    ``vpmaddubsw``, whose int16 pair sums saturate beyond |w| = 64 (``2 * 255 * 64 < 2**15``);
+    weights in [-63, 63] keep them exact at full speed, as onnxruntime's ``reduce_range``
+    does. 8 elsewhere (VNNI ``vpdpbusd``, ARM, CUDA accumulate in int32). Applied with
+    ``activation="auto"`` only: an explicit activation mode asks for the same integer model
+    on every target (8-bit weights; our kernels then take the exact int16 path on AVX2)."""
+    from tvm.target import codegen
+
+    target = tvm.target.Target.current(allow_none=True)
+    if target is None:
+        if platform.machine().lower() not in ("x86_64", "amd64"):
+            return 8
+        target = tvm.target.Target({"kind": "llvm", "mcpu": codegen.llvm_get_system_cpu()})
+    triple = str(target.attrs.get("mtriple", "")) or codegen.llvm_get_system_triple()
+    if target.kind.name != "llvm" or not triple.startswith(("x86", "amd64")):
+        return 8
+    vnni = any(codegen.target_has_features(f, target) for f in ("avx512vnni", "avxvnni"))
+    return 8 if vnni else 7
+
+
 def weight_correction(layer: Layer, w_deq: np.ndarray, mean_x: np.ndarray) -> np.ndarray:
     """Per-output-channel ``-E[x] . (W_q - W)``: the mean output shift weight rounding causes
     (Nagel et al. 2019, data-free quantization; E[x] from the calibration data)."""
@@ -134,15 +155,17 @@ def plan_layer(layer: Layer, scheme: str, cfg, stats, mode: str):
     one layer; ``stats``: its calibration statistics (int8 static), ``mode``: activation."""
     w, axis, fields = layer.weight, layer.out_axis, {}
     if scheme in ("int8", "int8-dynamic"):
-        wq, ws = qm.quantize_per_channel(w, axis)
+        bits = int8_weight_bits() if cfg.activation == "auto" else 8  # explicit: portable
+        wq, ws = qm.quantize_per_channel(w, axis, bits)
         deq, after = qm.dequantize_per_channel(wq, ws, axis), wq.nbytes + ws.nbytes
         if scheme == "int8-dynamic":
             return (lambda bb, c: emit.emit_int8_dynamic(bb, c, wq, ws, cfg.per_token)), \
-                {"bytes_after": after, "act_scale": "runtime"}, deq
+                {"bytes_after": after, "act_scale": "runtime", "w_bits": bits}, deq
         lo, hi = qm.activation_range(stats.sample(), stats.lo, stats.hi, cfg.method, mode,
                                      cfg.percentile)
         s, z = qm.activation_qparams(lo, hi, mode)
-        fields = {"bytes_after": after, "act_scale": s, "act_zero": z, "act_mode": mode}
+        fields = {"bytes_after": after, "act_scale": s, "act_zero": z, "act_mode": mode,
+                  "w_bits": bits}
         return (lambda bb, c: emit.emit_int8_static(bb, c, wq, ws, (s, z, mode), None)), \
             fields, deq
     if scheme == "int4":

@@ -11,6 +11,7 @@ from tvm import relax
 
 import tvmcompress as tc
 from tvmcompress.passes import _quant_math as qm
+from tvmcompress.passes._quant_plan import int8_weight_bits
 from tvmcompress.passes.quantize import QuantizeConfig, quantize, quantize_module
 from tvmcompress.passes.record import collecting
 
@@ -48,7 +49,7 @@ def _tiny_onnx(w: np.ndarray, x_shape) -> tc.Model:
 def test_golden_int8_dynamic_matmul():
     """matmul(x, W) -> per-token int8 x, int8 W, int32 accumulation, one float tail."""
     w = np.random.default_rng(0).standard_normal((4, 3)).astype(np.float32)
-    wq, ws = qm.quantize_per_channel(w, axis=1)
+    wq, ws = qm.quantize_per_channel(w, axis=1, bits=int8_weight_bits())
     after = quantize(QuantizeConfig(scheme="int8-dynamic"))(_tiny(w))
 
     def c(v, dtype="float32"):
@@ -184,7 +185,7 @@ def test_int8_static_matches_numpy_reference(mode):
     s, z = row["act_scale"], row["act_zero"]
     assert (z != 0) == (mode == "uint8-asym")
     xq = qm.quantize_activation(x, s, z, mode).astype(np.int64) - z
-    wq, ws = qm.quantize_per_channel(w, axis=1)
+    wq, ws = qm.quantize_per_channel(w, axis=1)  # explicit activation: 8-bit weights
     expected = (xq @ wq.astype(np.int64)).astype(np.float32) * (np.float32(s) * ws)
     np.testing.assert_allclose(next(iter(cm.run([x]).values())), expected, rtol=1e-6, atol=1e-6)
 

@@ -1,0 +1,2 @@
+"""Tensor intrinsics of our own (registered with ``tvm.s_tir.TensorIntrin`` on import, so the
+default schedules and MetaSchedule can both tensorize with them)."""

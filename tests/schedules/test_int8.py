@@ -1,0 +1,192 @@
+"""Tensorized AVX2 int8 kernels: int32 accumulators bit-exact against numpy integer math
+(GEMM batch 1 / 128 / odd, conv 1x1 / 3x3 / strided / odd channels, depthwise through the
+generic rule), both intrinsics, the intrinsic really used, and a quantized model equal to
+the unscheduled build."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tvm
+from schedule_helpers import fused, run, unscheduled_build
+from tvm import relax
+
+import tvmcompress as tc
+from tvmcompress.passes._quant_plan import int8_weight_bits
+from tvmcompress.passes.quantize import QuantizeConfig
+from tvmcompress.schedules import build
+from tvmcompress.schedules.cpu.int8_pack import choose_intrin, pack_conv_np, pack_matmul_np
+from tvmcompress.schedules.intrin.arm_int8 import DOT_SDOT
+from tvmcompress.schedules.intrin.x86_int8 import DOT_AVX512, DOT_S16, DOT_U8S8, DOT_VNNI
+from tvmcompress.targets import resolve_target
+
+
+def _module(x_shape, x_dtype, w: np.ndarray, conv: dict | None) -> tvm.IRModule:
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType(x_shape, x_dtype))
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            op = (relax.op.matmul(x, relax.const(w), out_dtype="int32") if conv is None else
+                  relax.op.nn.conv2d(x, relax.const(w), out_dtype="int32", **conv))
+            y = bb.emit_output(op)
+        bb.emit_func_output(y)
+    return bb.get()
+
+
+def _build_and_run(mod, x):
+    executable, info = build(mod, resolve_target("host"))
+    assert not info.unscheduled
+    return run(executable, [x]), executable
+
+
+def _reference_conv(x, w, stride, pad, groups=1):
+    """conv2d in int64 numpy (NCHW, OIHW)."""
+    x = np.pad(x.astype(np.int64), ((0, 0), (0, 0), (pad, pad), (pad, pad)))
+    o, ipg, kh, kw = w.shape
+    n, _, h, wd = x.shape
+    oh, ow = (h - kh) // stride + 1, (wd - kw) // stride + 1
+    out = np.zeros((n, o, oh, ow), np.int64)
+    for g in range(groups):
+        xs = x[:, g * ipg:(g + 1) * ipg]
+        ws = w[g * (o // groups):(g + 1) * (o // groups)].astype(np.int64)
+        for i in range(kh):
+            for j in range(kw):
+                patch = xs[:, :, i:i + stride * oh:stride, j:j + stride * ow:stride]
+                out[:, g * (o // groups):(g + 1) * (o // groups)] += np.einsum(
+                    "nchw,oc->nohw", patch, ws[:, :, i, j])
+    return out
+
+
+def _data(rng, shape, dtype):
+    lo, hi = (0, 256) if dtype == "uint8" else (-128, 128)
+    return rng.integers(lo, hi, shape).astype(dtype)
+
+
+@pytest.mark.parametrize(("m", "k", "n"), [(1, 768, 64), (128, 96, 48), (7, 77, 24)])
+@pytest.mark.parametrize("wmax", [64, 127])  # 7-bit weights: u8 x s8; 8-bit: int16 path
+@pytest.mark.parametrize("x_dtype", ["uint8", "int8"])
+def test_gemm_accumulator_exact(m, k, n, wmax, x_dtype):
+    rng = np.random.default_rng(m + k + n)
+    w = rng.integers(-wmax, wmax + 1, (k, n)).astype(np.int8)
+    w[0, 0], w[-1, -1] = -wmax, wmax  # the extremes, where vpmaddubsw would saturate
+    x = _data(rng, (m, k), x_dtype)
+    x[0, :2] = 255 if x_dtype == "uint8" else -128
+    out, executable = _build_and_run(_module((m, k), x_dtype, w, None), x)
+    np.testing.assert_array_equal(out, x.astype(np.int64) @ w.astype(np.int64))
+    intrin = "pmadd.ub.sw" if wmax == 64 else "pmadd.wd"
+    assert intrin in executable.mod.imports[0].inspect_source("ll")
+
+
+@pytest.mark.parametrize(("c", "o", "hw", "ksize", "stride", "pad"), [
+    (16, 32, 8, 1, 1, 0), (5, 16, 9, 3, 1, 1), (8, 24, 11, 3, 2, 1), (3, 8, 13, 7, 2, 3)])
+@pytest.mark.parametrize(("wmax", "x_dtype"), [(64, "int8"), (127, "uint8")])
+def test_conv_accumulator_exact(c, o, hw, ksize, stride, pad, wmax, x_dtype):
+    rng = np.random.default_rng(c * o + hw)
+    w = rng.integers(-wmax, wmax + 1, (o, c, ksize, ksize)).astype(np.int8)
+    x = _data(rng, (1, c, hw, hw), x_dtype)
+    conv = {"strides": [stride] * 2, "padding": [pad] * 4}
+    out, executable = _build_and_run(_module(x.shape, x_dtype, w, conv), x)
+    np.testing.assert_array_equal(out, _reference_conv(x, w, stride, pad))
+    assert "llvm.x86.avx2.pmadd" in executable.mod.imports[0].inspect_source("ll")
+
+
+def test_depthwise_conv_exact_through_generic_rule():
+    rng = np.random.default_rng(3)
+    w = rng.integers(-127, 128, (24, 1, 3, 3)).astype(np.int8)
+    x = _data(rng, (1, 24, 10, 10), "uint8")
+    conv = {"strides": [1, 1], "padding": [1] * 4, "groups": 24}
+    out, _ = _build_and_run(_module(x.shape, "uint8", w, conv), x)
+    np.testing.assert_array_equal(out, _reference_conv(x, w, 1, 1, groups=24))
+
+
+def test_intrinsic_choice_and_packing():
+    """u8 x s8 only when no pair sum can saturate int16; packed blocks are [8, r]."""
+    assert choose_intrin(np.array([-64, 64]), ("avx2",)) == DOT_U8S8
+    assert choose_intrin(np.array([-65, 3]), ("avx2",)) == DOT_S16
+    assert choose_intrin(np.array([0, 2**16]), ("avx2",)) is None
+    assert choose_intrin(np.array([-128, 127]), ("avx2", "avx512bw", "avx512vnni")) == DOT_VNNI
+    assert choose_intrin(np.array([-64, 64]), ("avx2", "avx512bw")) == DOT_AVX512
+    assert choose_intrin(np.array([-64, 64]), ("dotprod",)) == DOT_SDOT
+    assert choose_intrin(np.array([-64, 64]), ()) is None  # plain NEON: generic rules
+    w = np.arange(5 * 16).reshape(5, 16)
+    packed = pack_matmul_np(w, DOT_S16)
+    assert packed.shape == (2, 3, 8, 2) and packed.dtype == np.int16
+    assert packed[1, 0, 3, 1] == w[1, 11] and packed[0, 2, 0, 1] == 0  # K padded with zeros
+    conv = pack_conv_np(np.arange(16 * 3 * 2 * 2).reshape(16, 3, 2, 2), DOT_U8S8)
+    assert conv.shape == (2, 1, 2, 2, 8, 4) and conv[1, 0, 1, 0, 2, 1] == 10 * 12 + 1 * 4 + 2
+
+
+def _cnn(rng) -> tc.Model:
+    from onnx import TensorProto, numpy_helper
+    from onnx import helper as oh
+
+    w1 = rng.standard_normal((16, 3, 3, 3)).astype(np.float32) * 0.3
+    w2 = rng.standard_normal((16, 16, 1, 1)).astype(np.float32) * 0.3
+    fc = rng.standard_normal((16 * 8 * 8, 24)).astype(np.float32) * 0.05
+    nodes = [oh.make_node("Conv", ["x", "w1"], ["c1"], pads=[1, 1, 1, 1]),
+             oh.make_node("Relu", ["c1"], ["r1"]),
+             oh.make_node("Conv", ["r1", "w2"], ["c2"]),
+             oh.make_node("Relu", ["c2"], ["r2"]),
+             oh.make_node("Flatten", ["r2"], ["f"]),
+             oh.make_node("MatMul", ["f", "fc"], ["y"])]
+    graph = oh.make_graph(nodes, "cnn",
+                          [oh.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+                          [oh.make_tensor_value_info("y", TensorProto.FLOAT, [1, 24])],
+                          [numpy_helper.from_array(a, n)
+                           for a, n in ((w1, "w1"), (w2, "w2"), (fc, "fc"))])
+    return tc.load(oh.make_model(graph, opset_imports=[oh.make_opsetid("", 17)]))
+
+
+@pytest.mark.parametrize("scheme", ["int8", "int8-dynamic"])
+def test_quantized_model_equals_unscheduled_build(scheme):
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal((1, 3, 8, 8)).astype(np.float32)
+    calib = {"x": rng.standard_normal((4, 3, 8, 8)).astype(np.float32)}
+    cfg = QuantizeConfig(scheme=scheme, calibration=calib if scheme == "int8" else None)
+    cm = tc.compile(_cnn(rng), config=tc.CompressConfig([cfg]))
+    assert not [k for k in cm.build_info.unscheduled if "int8" in k or "conv" in k]
+    kernels = [gv.name_hint for gv in fused(cm.ir, resolve_target("host").tvm_target).functions]
+    assert sum("int8_conv" in k for k in kernels) == 2 and any("int8_gemm" in k for k in kernels)
+    expected = run(unscheduled_build(cm.ir, resolve_target("host").tvm_target), [x])
+    got = next(iter(cm.run([x]).values()))
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_weight_bits_follow_the_target():
+    """7-bit weights (u8 x s8 path exact) on x86 without VNNI; 8 with VNNI and on ARM."""
+    for preset, bits in (("x86-64-avx2", 7), ("x86-64-vnni", 8), ("raspberry-pi-5", 8)):
+        with resolve_target(preset).tvm_target:
+            assert int8_weight_bits() == bits, preset
+
+
+@pytest.mark.parametrize(("preset", "wmax", "instruction"), [
+    ("x86-64-vnni", 127, "vpdpbusd"), ("x86-64-avx512", 64, "vpmaddubsw")])
+def test_avx512_builds_use_their_instructions(preset, wmax, instruction):
+    """Compile-only (no AVX-512 here): the 16-lane kernels are in the assembly."""
+    w = np.random.default_rng(0).integers(-wmax, wmax + 1, (64, 32)).astype(np.int8)
+    executable, info = build(_module((4, 64), "uint8", w, None), resolve_target(preset))
+    asm = executable.mod.imports[0].inspect_source("asm")
+    assert not info.unscheduled and instruction in asm and "zmm" in asm
+
+
+@pytest.mark.parametrize(("preset", "instruction"), [
+    ("raspberry-pi-5", "sdot"), ("raspberry-pi-4", "smlal")])
+def test_aarch64_builds_use_dot_products_or_widening_multiplies(preset, instruction):
+    """Compile-only here; tests/test_cpp.py runs int8 models on both boards under qemu."""
+    w = np.random.default_rng(0).integers(-127, 128, (64, 32)).astype(np.int8)
+    executable, info = build(_module((4, 64), "int8", w, None), resolve_target(preset))
+    asm = executable.mod.imports[0].inspect_source("asm")
+    assert not info.unscheduled and f"\t{instruction}\t" in asm
+
+
+@pytest.mark.parametrize("preset", ["raspberry-pi-4", "raspberry-pi-5"])
+def test_aarch64_int8_convs_build(preset):
+    """Plain and grouped int8 convs stay NCHW kernels the generic rules schedule (NCHWc
+    conversion cannot lower integer convs)."""
+    rng = np.random.default_rng(4)
+    for w, groups in ((rng.integers(-127, 128, (16, 8, 3, 3)), 1),
+                      (rng.integers(-127, 128, (8, 1, 3, 3)), 8)):
+        conv = {"strides": [1, 1], "padding": [1] * 4, "groups": groups}
+        _, info = build(_module((1, 8, 6, 6), "int8", w.astype(np.int8), conv),
+                        resolve_target(preset))
+        assert not info.unscheduled
