@@ -49,6 +49,12 @@ def _macs(op: str, call: relax.Call, out: tuple[int, ...] | None) -> int:
     if op == "call_tir" and call.args[0].name_hint.startswith("dequant_matmul"):
         x = _shape(call.args[1].fields[0])  # int4 kernel's operands: (x, packed weight, ...)
         return math.prod(out) * x[-1] if x else 0
+    if op == "call_tir" and call.args[0].name_hint.startswith("bsr_matmul"):
+        # BSR kernel (x, data, indices, indptr, ...): only the stored blocks are multiplied.
+        x, data, _, indptr = call.args[1].fields[:4]
+        rows, block = _shape(x), _shape(data)
+        nnz_blocks = int(indptr.value.numpy()[-1]) if isinstance(indptr, Constant) else 0
+        return rows[0] * nnz_blocks * math.prod(block[1:]) if rows and block else 0
     if op in ("matmul", "linear"):
         a = _shape(call.args[0])
         return math.prod(out) * a[-1] if a else 0
