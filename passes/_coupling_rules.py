@@ -200,11 +200,12 @@ def _unary(tr: Tracer, call) -> np.ndarray | None:
 
 
 UNARY = ("nn.relu", "nn.gelu", "nn.gelu_tanh", "nn.silu", "sigmoid", "tanh", "erf", "exp", "sqrt",
-         "rsqrt", "negative", "abs", "square", "clip", "nn.leakyrelu", "astype", "nn.dropout")
+         "rsqrt", "negative", "abs", "square", "clip", "nn.leakyrelu", "astype", "nn.dropout",
+         "isnan", "isinf", "logical_not")
 RULES = {
     **{f"relax.{op}": _unary for op in UNARY},
     **{f"relax.{op}": _elementwise for op in ("add", "subtract", "multiply", "divide", "maximum",
-                                               "minimum", "power")},
+                                               "minimum", "power", "where")},
     **{f"relax.nn.{op}": _spatial for op in ("max_pool2d", "avg_pool2d", "adaptive_avg_pool2d")},
     **{f"relax.{op}": _reduce for op in ("mean", "sum", "max", "min")},
     **{f"relax.nn.{op}": _axis_op for op in ("softmax", "log_softmax", "layer_norm", "rms_norm")},

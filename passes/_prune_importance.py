@@ -53,6 +53,20 @@ def activation(values: Iterable[tuple[np.ndarray, int, np.ndarray]], n_units: in
     return total / np.maximum(count, 1)
 
 
+def taylor(contributions: Slices, n_units: int) -> np.ndarray:
+    """First-order Taylor: per member, |sum of w * dL/dw over the unit's slice| (``contributions``
+    as slices of ``w * dL/dw`` summed over calibration samples), summed over the members."""
+    scores = np.zeros(n_units, dtype=np.float64)
+    for array, axis, unit in contributions:
+        rows = np.moveaxis(np.asarray(array, np.float64), axis, 0)
+        per = rows.reshape(rows.shape[0], -1).sum(1)
+        signed = np.zeros(n_units)
+        ok = unit >= 0
+        np.add.at(signed, unit[ok], per[ok])
+        scores += np.abs(signed)
+    return scores
+
+
 def normalize(scores: np.ndarray) -> np.ndarray:
     """Scores over the group mean, so layers of different scale rank against each other."""
     mean = float(np.mean(scores)) if scores.size else 0.0

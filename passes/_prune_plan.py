@@ -11,6 +11,7 @@ import tvm
 
 from tvmcompress.errors import ConfigError
 from tvmcompress.passes import _prune_importance as imp
+from tvmcompress.passes._prune_taylor import NoGradient, gradient_sums, taylor_slices
 from tvmcompress.passes.dependency import Coupling, Group
 
 
@@ -22,6 +23,7 @@ class Plan:
     coupling: Coupling
     keep: dict[str, np.ndarray] = field(default_factory=dict)
     skipped: dict[str, str] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)  # model-wide decisions (criterion fallback)
 
     @property
     def removed(self) -> np.ndarray:
@@ -52,7 +54,8 @@ def _slices(coupling: Coupling, group: Group, ops: tuple[str, ...] | None = None
 
 def scores(coupling: Coupling, groups: list[Group], criterion: str,
            activations: dict | None = None) -> dict[str, np.ndarray]:
-    """Importance of each unit of ``groups`` by ``criterion`` (l1, l2, bn, activation)."""
+    """Importance of each unit of ``groups`` by ``criterion`` (l1, l2, bn, activation, taylor);
+    ``activations``: :func:`collect_activations` (activation) or ``gradient_sums`` (taylor)."""
     out = {}
     for g in groups:
         n = len(g.units)
@@ -61,6 +64,8 @@ def scores(coupling: Coupling, groups: list[Group], criterion: str,
         elif criterion == "bn":
             s = imp.scale_factor(_slices(coupling, g, ("relax.multiply",)), n)
             out[g.name] = s if not np.isnan(s).any() else imp.magnitude(_slices(coupling, g), n, 2)
+        elif criterion == "taylor":
+            out[g.name] = imp.taylor(taylor_slices(coupling, g, activations or {}), n)
         else:
             out[g.name] = imp.activation(_activation_slices(coupling, g, activations or {}), n)
     return out
@@ -91,6 +96,22 @@ def collect_activations(mod: tvm.IRModule, coupling: Coupling, data: Any) -> dic
     batches = list(run_with_outputs(mod, [var_of[c] for c in calls], arrays))
     means = [sum(np.abs(b[j]) for b in batches) / len(batches) for j in range(len(calls))]
     return dict(zip(calls, means, strict=True))
+
+
+def criterion_data(mod: tvm.IRModule, coupling: Coupling, criterion: str, config: Any,
+                   notes: list[str]) -> tuple[str, dict | None]:
+    """Calibration statistics the criterion needs; a model Relax cannot differentiate falls
+    back from taylor to activation (same calibration data), with a note saying why."""
+    if criterion == "taylor":
+        try:
+            return criterion, gradient_sums(mod, coupling, config.calibration, config.targets)
+        except NoGradient as err:
+            notes.append(f"taylor criterion unavailable ({str(err).splitlines()[0][:160]}); "
+                         "ranked by mean |activation| instead")
+            criterion = "activation"
+    if criterion == "activation":
+        return criterion, collect_activations(mod, coupling, config.calibration)
+    return criterion, None
 
 
 def _vary(labels):

@@ -85,8 +85,10 @@ def _batches(arrays: list[np.ndarray], batch: int) -> Iterable[list[np.ndarray]]
         yield [a[idx] for a in arrays]
 
 
-def _instrument(func: relax.Function, acts: list[relax.Expr]) -> tvm.IRModule:
-    """``main`` returning ``(original result, *acts)``; dataflow vars are bound to outputs."""
+def _instrument(mod: tvm.IRModule, acts: list[relax.Expr]) -> tvm.IRModule:
+    """``mod`` with ``main`` returning ``(original result, *acts)``; dataflow vars are bound to
+    outputs. Other functions (the importer's helper kernels, e.g. for ONNX Pad) are kept."""
+    func = mod["main"]
     outs: list[relax.Expr] = [a for a in acts]
     blocks = []
     for block in func.body.blocks:
@@ -101,7 +103,9 @@ def _instrument(func: relax.Function, acts: list[relax.Expr]) -> tvm.IRModule:
     body = relax.SeqExpr(blocks, relax.Tuple([func.body.body, *outs]))
     ret_ty = relax.TupleType([func.ret_ty, *(o.ty for o in outs)])
     new = relax.Function(func.params, body, ret_ty, func.is_pure, func.attrs)
-    return relax.transform.Normalize()(tvm.IRModule({"main": new}))
+    out = tvm.IRModule(mod.functions, attrs=mod.attrs)
+    out["main"] = new
+    return relax.transform.Normalize()(out)
 
 
 class LayerStats:
@@ -148,7 +152,7 @@ def run_with_outputs(mod: tvm.IRModule, acts: list[relax.Expr],
     from tvmcompress.targets import resolve_target
 
     func = mod["main"]
-    executable, _ = build(_instrument(func, acts), resolve_target("host"))
+    executable, _ = build(_instrument(mod, acts), resolve_target("host"))
     vm = relax.VirtualMachine(executable, tvm.cpu())
     for inputs in _batches(arrays, int(func.params[0].ty.shape.values[0])):
         result = vm["main"](*[tvm.runtime.tensor(np.ascontiguousarray(a)) for a in inputs])

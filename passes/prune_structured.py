@@ -23,7 +23,7 @@ from tvmcompress.passes._prune_rewrite import remove_units
 from tvmcompress.passes.dependency import analyze, canonicalize
 from tvmcompress.passes.record import record
 
-CRITERIA = ("l1", "l2", "bn", "activation")
+CRITERIA = ("l1", "l2", "bn", "activation", "taylor")
 NAME = "PruneStructured"
 
 
@@ -51,7 +51,10 @@ class PruneConfig(PassConfig):
     remove
         ``{layer: output channel indices}`` to remove exactly (with their coupled slices).
     calibration
-        Inputs by name (samples on axis 0) for ``criterion="activation"``; not serialized.
+        Inputs by name (samples on axis 0) for ``activation``/``taylor``; not serialized.
+    targets
+        ``taylor`` only: ``{output name: array}`` (samples on axis 0) for the loss
+        ``0.5 * ||y - t||^2``; default: the label-free ``0.5 * ||y||^2``. Not serialized.
     """
 
     ratio: float | dict[str, float] | None = None
@@ -62,6 +65,8 @@ class PruneConfig(PassConfig):
     protect_first: bool = True
     remove: dict[str, tuple[int, ...]] | None = None
     calibration: Mapping[str, Any] | None = dataclasses.field(
+        default=None, compare=False, repr=False)
+    targets: Mapping[str, Any] | None = dataclasses.field(
         default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -84,9 +89,12 @@ class PruneConfig(PassConfig):
         if self.criterion not in CRITERIA:
             raise ConfigError(f"PruneConfig.criterion must be one of {CRITERIA}, got "
                               f"{self.criterion!r}")
-        if self.criterion == "activation" and self.calibration is None:
-            raise ConfigError("PruneConfig.criterion='activation' needs calibration= "
+        if self.criterion in ("activation", "taylor") and self.calibration is None:
+            raise ConfigError(f"PruneConfig.criterion={self.criterion!r} needs calibration= "
                               "({input name: array with samples on axis 0})")
+        if self.targets is not None and self.criterion != "taylor":
+            raise ConfigError(f"PruneConfig.targets is only used by criterion='taylor', got "
+                              f"criterion={self.criterion!r}")
         for name in ("round_to", "min_channels"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"PruneConfig.{name} must be >= 1, got {getattr(self, name)}")
@@ -94,6 +102,7 @@ class PruneConfig(PassConfig):
     def to_dict(self) -> dict[str, Any]:
         data = super().to_dict()
         data["data"]["calibration"] = None  # arrays do not belong in JSON manifests
+        data["data"]["targets"] = None
         return data
 
 
@@ -131,9 +140,9 @@ def plan_pruning(mod: tvm.IRModule, config: PruneConfig) -> pp.Plan:
         plan.keep = pp.explicit_keep(coupling, config.remove)  # explicit: exclusions yield
         plan.skipped = {k: v for k, v in skipped.items() if k not in plan.keep}
         return plan
-    acts = (pp.collect_activations(mod, coupling, config.calibration)
-            if config.criterion == "activation" and groups else None)
-    unit_scores = pp.scores(coupling, groups, config.criterion, acts)
+    criterion, data = (pp.criterion_data(mod, coupling, config.criterion, config, plan.notes)
+                       if groups else (config.criterion, None))
+    unit_scores = pp.scores(coupling, groups, criterion, data)
     counts = pp.keep_counts(groups, unit_scores, config.ratio, config.round_to,
                             config.min_channels)
     for g in groups:
@@ -147,6 +156,8 @@ def plan_pruning(mod: tvm.IRModule, config: PruneConfig) -> pp.Plan:
 def _record(plan: pp.Plan, before: tvm.IRModule, after: tvm.IRModule) -> None:
     from tvmcompress.report import op_stats
 
+    for note in plan.notes:
+        record(NAME, layer="(criterion)", note=note)
     for g in plan.coupling.groups:
         kept = len(plan.keep.get(g.name, g.units))
         unit = "heads" if g.width > 1 else "channels"

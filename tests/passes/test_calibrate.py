@@ -162,3 +162,28 @@ def test_collect_sees_the_layer_inputs():
     wrapped = np.concatenate([data, data[:2]])  # the last batch wraps around
     np.testing.assert_allclose(stats[0].mean, wrapped.mean(0), rtol=1e-5, atol=1e-6)
     assert stats[1].lo >= 0.0  # after ReLU
+
+
+def test_collect_keeps_helper_functions():
+    """Models whose import adds helper kernels next to ``main`` (ONNX Pad with a reflect mode
+    becomes a call_tir) are instrumented with those functions kept."""
+    from onnx import TensorProto, numpy_helper
+    from onnx import helper as oh
+
+    w = np.random.default_rng(1).standard_normal((4, 3, 3, 3)).astype(np.float32)
+    graph = oh.make_graph(
+        [oh.make_node("Pad", ["x", "pads"], ["p"], mode="reflect"),
+         oh.make_node("Conv", ["p", "w"], ["y"])], "pad_conv",
+        [oh.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+        [oh.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 8, 8])],
+        [numpy_helper.from_array(w, "w"),
+         numpy_helper.from_array(np.array([0, 0, 1, 1, 0, 0, 1, 1], np.int64), "pads")])
+    model = tc.load(oh.make_model(graph, opset_imports=[oh.make_opsetid("", 17)]))
+    helpers = [gv for gv in model.mod.functions if gv.name_hint != "main"]
+    assert helpers, "Pad(reflect) no longer imports as a helper function"
+    conv = next(b.value for blk in model.mod["main"].body.blocks for b in blk.bindings
+                if getattr(getattr(b.value, "op", None), "name", "") == "relax.nn.conv2d")
+    data = np.random.default_rng(0).standard_normal((3, 3, 8, 8)).astype(np.float32)
+    stats = collect(model.mod, [conv.args[0]], [1], {"x": data})
+    padded = np.pad(data, [(0, 0), (0, 0), (1, 1), (1, 1)], mode="reflect")
+    assert stats[0].lo == padded.min() and stats[0].hi == padded.max()

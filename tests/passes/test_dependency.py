@@ -114,3 +114,21 @@ def test_magnitude_sums_members():
     unit = np.array([0, 1])
     np.testing.assert_allclose(imp.magnitude([(w, 1, unit)], 2, 2), [5.0, 1.0])
     np.testing.assert_allclose(imp.magnitude([(w, 1, unit), (w, 1, unit)], 2, 1), [14.0, 2.0])
+
+
+def test_nan_guard_where_keeps_channels_prunable():
+    """HF attention's ``where(isnan(s), 0, s)`` guard (MiniLM) must not block head pruning."""
+
+    class Guarded(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = torch.nn.Conv2d(3, 8, 3), torch.nn.Conv2d(8, 4, 1)
+
+        def forward(self, x):
+            y = self.a(x)
+            return self.b(torch.where(torch.isnan(y), torch.zeros_like(y), y))
+
+    coupling = _torch(Guarded(), (1, 3, 8, 8))
+    ops = {m.call.op.name for m in coupling.members}
+    assert coupling.group("conv2d0").prunable, coupling.group("conv2d0").reason
+    assert "relax.nn.conv2d" in ops

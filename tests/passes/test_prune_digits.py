@@ -86,6 +86,25 @@ def test_digits_prune_30_percent_finetune_and_macs(digits):
     assert (c2, c3, h) != (32, 32, 64)
 
 
+def test_digits_taylor_vs_l2_at_30_percent(digits):
+    """Taylor (label-free and with the true labels as one-hot targets) against L2, printed."""
+    _net, model, x, y = digits
+    key = model.inputs[0].name
+    inputs, train = {key: x[-TEST:].numpy()}, {key: x[:TEST].numpy()}
+    onehot = np.eye(10, dtype="float32")[y[:TEST].numpy()]
+    accs = {}
+    for label, cfg in (("l2", PruneConfig(ratio=0.3)),
+                       ("taylor", PruneConfig(ratio=0.3, criterion="taylor", calibration=train)),
+                       ("taylor+labels", PruneConfig(ratio=0.3, criterion="taylor",
+                                                     calibration=train,
+                                                     targets={"y": onehot * 10}))):
+        pruned = tc.compile(model, config=tc.CompressConfig(passes=[cfg]))
+        assert not [r for r in pruned.pass_log if r["layer"] == "(criterion)"]
+        accs[label] = _accuracy(next(iter(pruned.run(inputs).values())), y)
+    print(f"\ndigits accuracy at 30% pruning by criterion: {accs}")
+    assert all(a > 0.5 for a in accs.values())
+
+
 def test_sensitivity_table_and_schedule_fast(capsys):
     torch.manual_seed(0)
     model = tc.load(DigitsCNN().eval(), example_inputs=[torch.randn(1, 1, 8, 8)])

@@ -158,7 +158,7 @@ def test_no_prunable_group_says_why():
 
 @pytest.mark.parametrize("kwargs, field", [
     ({"ratio": 1.0}, "ratio"), ({"ratio": -0.1}, "ratio"), ({"ratio": {"conv2d1": 1.5}}, "ratio"),
-    ({"ratio": 0.3, "criterion": "taylor"}, "criterion"), ({"ratio": 0.3, "round_to": 0},
+    ({"ratio": 0.3, "criterion": "hessian"}, "criterion"), ({"ratio": 0.3, "round_to": 0},
                                                            "round_to"),
     ({}, "ratio"), ({"ratio": 0.3, "criterion": "activation"}, "calibration")])
 def test_bad_config_names_the_field(kwargs, field):

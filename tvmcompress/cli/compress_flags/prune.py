@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 ORDER = 10
-CRITERIA = ("l2", "l1", "bn", "activation")
+CRITERIA = ("l2", "l1", "bn", "activation", "taylor")
 
 
 def _names(text: str) -> tuple[str, ...]:
@@ -16,9 +16,13 @@ def add_arguments(group: argparse._ArgumentGroup) -> None:
     group.add_argument("--prune", type=float, metavar="RATIO",
                        help="remove this fraction [0, 1) of channels, FFN neurons and attention "
                             "heads, ranked across layers (coupled layers shrink together)")
-    group.add_argument("--prune-criterion", choices=CRITERIA[:3], default="l2",
-                       help="importance of a channel: weight L2/L1 norm over its whole group, or "
-                            "per-channel scale factors (bn); default l2")
+    group.add_argument("--prune-criterion", choices=CRITERIA, default="l2",
+                       help="importance of a channel: weight L2/L1 norm over its whole group, "
+                            "per-channel scale factors (bn), mean |activation| or first-order "
+                            "Taylor |sum weight x gradient| on --prune-calib data; default l2")
+    group.add_argument("--prune-calib", metavar="FILE.npz",
+                       help="calibration inputs (arrays keyed by input name, samples on axis 0) "
+                            "for --prune-criterion activation or taylor")
     group.add_argument("--prune-exclude", type=_names, default=(), metavar="LAYER,...",
                        help="layers never pruned (names as in the report: conv2d0, matmul3)")
     group.add_argument("--prune-round-to", type=int, default=8, metavar="N",
@@ -30,8 +34,14 @@ def configs(args: argparse.Namespace) -> list:
     ratio = getattr(args, "prune", None)
     if ratio is None:
         return []
+    from tvmcompress.errors import ConfigError
     from tvmcompress.passes.prune_structured import PruneConfig
 
-    return [PruneConfig(ratio=ratio, criterion=getattr(args, "prune_criterion", "l2"),
+    criterion, calib = getattr(args, "prune_criterion", "l2"), getattr(args, "prune_calib", None)
+    if (criterion in ("activation", "taylor")) != (calib is not None):
+        raise ConfigError(f"--prune-calib is needed by, and only used by, --prune-criterion "
+                          f"activation/taylor; got --prune-criterion {criterion} with "
+                          f"--prune-calib {calib}")
+    return [PruneConfig(ratio=ratio, criterion=criterion, calibration=calib,
                         exclude=getattr(args, "prune_exclude", ()),
                         round_to=getattr(args, "prune_round_to", 8))]
