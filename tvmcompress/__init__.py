@@ -18,6 +18,7 @@ from tvmcompress.passes.lowrank import LowRankConfig
 from tvmcompress.passes.prune_structured import PruneConfig
 from tvmcompress.passes.quantize import QuantizeConfig
 from tvmcompress.passes.sensitivity import ratio_schedule, sensitivity
+from tvmcompress.passes.sparsify import SparsifyConfig
 from tvmcompress.report import Report
 from tvmcompress.schedules.tune import Tune
 from tvmcompress.targets import TargetPreset, list_presets, resolve_target
@@ -37,6 +38,7 @@ __all__ = [
     "PruneConfig",
     "QuantizeConfig",
     "Report",
+    "SparsifyConfig",
     "TargetError",
     "TargetPreset",
     "TensorSpec",
