@@ -71,6 +71,25 @@ def test_golden_int8_dynamic_matmul():
     tvm.ir.assert_structural_equal(after, bb.get())
 
 
+@pytest.mark.parametrize("scheme", ["int8-dynamic", "int8"])
+def test_int8_matmul_on_3d_activations_is_a_2d_gemm(scheme):
+    """[batch, seq, K] @ W runs as one [batch * seq, K] integer GEMM (our int8 kernels are
+    2-D; the batched form ran ~10x slower), and the output keeps its shape and values."""
+    rng = np.random.default_rng(3)
+    w = rng.standard_normal((16, 24)).astype(np.float32)
+    x = rng.standard_normal((2, 5, 16)).astype(np.float32)
+    calibration = {"x": x} if scheme == "int8" else None
+    config = QuantizeConfig(scheme=scheme, calibration=calibration)
+    (contraction,) = [c for c in _calls(quantize(config)(_tiny(w, (2, 5, 16))), "relax.matmul")]
+    assert [int(d) for d in contraction.args[0].ty.shape.values] == [10, 16]
+    assert str(contraction.ty.dtype) == "int32"
+    compiled = tc.compile(_tiny_onnx(w, (2, 5, 16)), "host",
+                          config=tc.CompressConfig(passes=[config]))
+    (y,) = compiled.run({"x": x}).values()
+    assert y.shape == (2, 5, 24)
+    np.testing.assert_allclose(y, x @ w, atol=0.05 * np.abs(x @ w).max())
+
+
 def test_activation_times_activation_is_unchanged():
     """No constant weight (attention's Q @ K^T): returned as is, with the reason recorded."""
     bb = relax.BlockBuilder()
