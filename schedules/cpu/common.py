@@ -106,14 +106,11 @@ MIN_PARALLEL_MACS = 1 << 17
 MIN_PARALLEL_ELEMENTS = 1 << 14
 
 
-def finish_tile(sch: s_tir.Schedule, main, epilogue, outer, first_reduce, lanes: int,
-                tile_layout=None, macs: int = MIN_PARALLEL_MACS) -> None:
-    """Common tail of the register-tiled rules, once ``main``'s loops are ordered
-    ``outer, reductions..., rows, vectors, lanes``: the accumulator tile becomes a "local" buffer
-    (registers after unrolling; ``tile_layout`` reorders it so the vector axis is innermost),
-    the epilogue is computed per tile from it, ``outer`` runs in parallel (when ``macs`` is
-    worth it), and the reduction's init is split out (after ``parallel``, which needs the
-    reduction whole)."""
+def tile_accumulator(sch: s_tir.Schedule, main, epilogue, outer, tile_layout=None,
+                     macs: int = MIN_PARALLEL_MACS):
+    """``main``'s accumulator tile as a "local" buffer (``tile_layout`` reorders it), the
+    epilogue (a new write-back stage when None) computed per tile, ``outer`` parallel when
+    ``macs`` is worth it; returns the epilogue block. Shared by the fp32 and int8 rules."""
     if epilogue is None:
         epilogue = sch.cache_write(main, 0, "global")
     sch.set_scope(main, 0, "local")
@@ -122,6 +119,18 @@ def finish_tile(sch: s_tir.Schedule, main, epilogue, outer, first_reduce, lanes:
     sch.reverse_compute_at(epilogue, outer)
     if macs >= MIN_PARALLEL_MACS:
         sch.parallel(outer)
+    return epilogue
+
+
+def finish_tile(sch: s_tir.Schedule, main, epilogue, outer, first_reduce, lanes: int,
+                tile_layout=None, macs: int = MIN_PARALLEL_MACS) -> None:
+    """Common tail of the register-tiled rules, once ``main``'s loops are ordered
+    ``outer, reductions..., rows, vectors, lanes``: the accumulator tile becomes a "local" buffer
+    (registers after unrolling; ``tile_layout`` reorders it so the vector axis is innermost),
+    the epilogue is computed per tile from it, ``outer`` runs in parallel (when ``macs`` is
+    worth it), and the reduction's init is split out (after ``parallel``, which needs the
+    reduction whole)."""
+    epilogue = tile_accumulator(sch, main, epilogue, outer, tile_layout, macs)
     rows, vecs, vec = sch.get_loops(main)[-3:]
     sch.vectorize(vec)
     sch.unroll(vecs)

@@ -99,14 +99,7 @@ def _finish(sch, main, epilogue, outer, first, inner, intrin: str, macs: int,
     """Accumulators in registers (``layout``: the conv tile's channels made innermost, so an
     intrinsic writes 8 contiguous lanes), epilogue per tile, parallel outer loop, tensorized
     core."""
-    if epilogue is None:
-        epilogue = sch.cache_write(main, 0, "global")
-    sch.set_scope(main, 0, "local")
-    if layout is not None:
-        sch.transform_layout(main, ("write", 0), layout)
-    sch.reverse_compute_at(epilogue, outer)
-    if macs >= common.MIN_PARALLEL_MACS:
-        sch.parallel(outer)
+    epilogue = common.tile_accumulator(sch, main, epilogue, outer, layout, macs)
     init = sch.decompose_reduction(main, first)
     mi, nr, ni = inner
     sch.tensorize(ni, x86_int8.name(intrin, "local"))
