@@ -59,21 +59,52 @@ def build_kernel(mod: tvm.IRModule, target: tvm.target.Target) -> tvm.runtime.Mo
 _BUILT: dict[str, tvm.runtime.Module] = {}  # artifact path -> library, builder to runner
 
 
+class Deadline:
+    """The end of a tuning budget, and the longest unit of work that ran under it.
+
+    Work is cut into units (a build, a timed run, a cost-model call, a round's start), each
+    started only before the deadline, so a run ends at most one unit past it: ``longest``
+    says how far that can be on this machine, now.
+    """
+
+    def __init__(self, seconds: float = math.inf):
+        self.at = time.perf_counter() + seconds
+        self.longest = 0.0
+
+    def passed(self) -> bool:
+        return time.perf_counter() > self.at
+
+    def left(self) -> float:
+        return self.at - time.perf_counter()
+
+    def record(self, seconds: float) -> None:
+        self.longest = max(self.longest, seconds)
+
+    @contextlib.contextmanager
+    def unit(self) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.record(time.perf_counter() - start)
+
+
 @derived_object
 class InProcessBuilder(PyBuilder):
     """Build candidates in this process; the runner takes the library from memory."""
 
-    def __init__(self, deadline: float = math.inf):
-        self.deadline = deadline
+    def __init__(self, deadline: Deadline | None = None):
+        self.deadline = deadline or Deadline()
 
     def build(self, build_inputs: list[BuilderInput]) -> list[BuilderResult]:
         results = []
         for item in build_inputs:
-            if time.perf_counter() > self.deadline:
+            if self.deadline.passed():
                 results.append(BuilderResult(None, "skipped: tuning time budget spent"))
                 continue
             try:
-                lib = build_kernel(item.mod, item.target)
+                with self.deadline.unit():
+                    lib = build_kernel(item.mod, item.target)
             except Exception as err:  # a failed candidate is a result, not a crash
                 results.append(BuilderResult(None, f"{type(err).__name__}: {err}"))
                 continue
@@ -103,8 +134,8 @@ class InProcessRunner(PyRunner):
     a pathological schedule costs one call, not a whole measurement.
     """
 
-    def __init__(self, deadline: float = math.inf, slow_secs: float = 2.0):
-        self.deadline = deadline
+    def __init__(self, deadline: Deadline | None = None, slow_secs: float = 2.0):
+        self.deadline = deadline or Deadline()
         self.slow_secs = slow_secs
 
     def run(self, runner_inputs: list[RunnerInput]) -> list[RunnerFuture]:
@@ -114,8 +145,12 @@ class InProcessRunner(PyRunner):
         lib = _BUILT.pop(item.artifact_path, None)
         if lib is None:
             return RunnerResult(None, "no library built")
-        if time.perf_counter() > self.deadline:
+        if self.deadline.passed():
             return RunnerResult(None, "skipped: tuning time budget spent")
+        with self.deadline.unit():
+            return self._time(lib, item)
+
+    def _time(self, lib: tvm.runtime.Module, item: RunnerInput) -> RunnerResult:
         try:
             dev = tvm.cpu()
             args = [tvm.runtime.tensor(np.random.default_rng(0).uniform(-1, 1, a.shape)
@@ -123,7 +158,7 @@ class InProcessRunner(PyRunner):
             start = time.perf_counter()
             lib[lib.entry_name](*args)
             first = time.perf_counter() - start
-            if first > min(self.slow_secs, self.deadline - time.perf_counter()):
+            if first > min(self.slow_secs, self.deadline.left()):
                 return RunnerResult(None, f"too slow to time ({first:.2f} s per call)")
             # Fast kernels: 6 repeats of >= 10 ms; slow ones: about 0.2 s of single calls.
             fast = first < 0.01
@@ -147,12 +182,18 @@ class DeadlineCostModel(PyCostModel):
 
     The evolutionary search is C++ that calls back into the cost model every generation;
     raising there is the one way to stop a round mid-search, so the time budget holds to
-    about one prediction (records measured so far are already in the database).
+    about one prediction (records measured so far are already in the database). A round's
+    start (design spaces, first population) runs until the first prediction: call
+    :meth:`round_started` so that it is timed as a unit too.
     """
 
-    def __init__(self, deadline: float):
+    def __init__(self, deadline: Deadline):
         self.deadline = deadline
         self.inner = ms.cost_model.CostModel.create("xgb", num_tuning_cores=1)
+        self._round_start: float | None = None
+
+    def round_started(self) -> None:
+        self._round_start = time.perf_counter()
 
     def load(self, path: str) -> None:
         self.inner.load(path)
@@ -161,12 +202,19 @@ class DeadlineCostModel(PyCostModel):
         self.inner.save(path)
 
     def update(self, context, candidates, results) -> None:
-        self.inner.update(context, candidates, results)
+        if self.deadline.passed():
+            return  # no round follows: training would only cost time
+        with self.deadline.unit():
+            self.inner.update(context, candidates, results)
 
     def predict(self, context, candidates) -> np.ndarray:
-        if time.perf_counter() > self.deadline:
+        if self._round_start is not None:
+            self.deadline.record(time.perf_counter() - self._round_start)
+            self._round_start = None
+        if self.deadline.passed():
             raise TimeBudgetSpent("tuning time budget spent")
-        return self.inner.predict(context, candidates)
+        with self.deadline.unit():
+            return self.inner.predict(context, candidates)
 
 
 def measure(sch: tvm.s_tir.Schedule, target: tvm.target.Target, builder, runner

@@ -105,8 +105,8 @@ def pick(tasks, trials_cap: int | None):
     return task, left(task)
 
 
-def search(tasks, db, target, builder, runner, deadline: float, trials_cap, work_dir,
-           on_round, per_trial: float, per_round: int = 8) -> int:
+def search(tasks, db, target, builder, runner, deadline: _measure.Deadline, trials_cap,
+           work_dir, on_round, per_trial: float, per_round: int = 8) -> int:
     """Rounds until ``deadline``; returns the trials run. A round is started only when its
     predicted cost (search overhead + trials x ``per_trial``, both re-estimated from each
     round) fits in the time left; builds and runs past the deadline are skipped anyway."""
@@ -114,16 +114,17 @@ def search(tasks, db, target, builder, runner, deadline: float, trials_cap, work
     overhead, trials = 5.0, 0  # search seconds per round: a first guess, then measured
     while True:
         task, left = pick(tasks, trials_cap)
-        budget = deadline - time.perf_counter() - overhead
+        budget = deadline.left() - overhead
         n = min(per_round, left, int(budget / per_trial))
         if task is None or n < 1:
             return trials
         start = time.perf_counter()
+        cost_model.round_started()
         try:
             run_round(task, n, db, target, builder, runner, cost_model, work_dir,
                       seed=task.rounds + 1)
         except Exception:  # TimeBudgetSpent, wrapped by the C++ search it went through
-            if time.perf_counter() <= deadline:
+            if not deadline.passed():
                 raise
             logger.info("round %d of %s stopped at the deadline", task.rounds + 1, task.name)
         elapsed = time.perf_counter() - start

@@ -89,6 +89,7 @@ class TuneResult:
     seconds: float = 0.0
     trials: int = 0
     tasks: list[Task] = field(default_factory=list)
+    longest_step: float = 0.0  # the longest unit of work: how far past the budget a run can end
 
     @property
     def speedup(self) -> float:
@@ -138,16 +139,16 @@ def tune(mod: tvm.IRModule, preset, config: Tune) -> TuneResult:
     from tvmcompress.schedules.build import fusion_passes
 
     start = time.perf_counter()
-    deadline = start + config.seconds
+    deadline = _measure.Deadline(config.seconds)
     reason = preset.why_not_runnable_here()
     if reason or preset.is_gpu:
         raise ConfigError(f"Tuning measures kernels on this machine, so it needs a target that "
                           f"runs here (CPU): {reason or preset.name + ' is a GPU target'}. "
                           "Tune on the device, or compile with a database tuned there")
     target = tuning_target(preset.tvm_target)
-    with target:
+    with target, deadline.unit():
         fused = tvm.transform.Sequential(fusion_passes(target))(mod)
-    result = TuneResult(tasks=extract_tasks(fused, config.top_k))
+        result = TuneResult(tasks=extract_tasks(fused, config.top_k))
     shared = config.directory
     private = Path(tempfile.mkdtemp(prefix="tvmcompress-tune-"))
     bar = _progress(config, result)
@@ -161,10 +162,11 @@ def tune(mod: tvm.IRModule, preset, config: Tune) -> TuneResult:
         runner = _measure.InProcessRunner(deadline)
         seeded = time.perf_counter()
         for task in result.tasks:
-            if time.perf_counter() >= deadline:
+            if deadline.passed():
                 break
             task.trials = _search.measured_trials(db, task)
-            _search.seed_default(task, db, target, builder, runner)
+            with deadline.unit():
+                _search.seed_default(task, db, target, builder, runner)
             task.best_secs = _search.best_secs(db, task, target)
         # A trial costs about what measuring a default schedule did (build + timed runs).
         per_trial = max(0.2, (time.perf_counter() - seeded) / max(len(result.tasks), 1))
@@ -180,10 +182,12 @@ def tune(mod: tvm.IRModule, preset, config: Tune) -> TuneResult:
     finally:
         shutil.rmtree(private, ignore_errors=True)
         result.seconds = time.perf_counter() - start
+        result.longest_step = deadline.longest
         _update(bar, result, start)
         bar.close()
-    logger.info("tuned %d kernels in %.0f s, %d trials, estimated speedup %.2fx",
-                len(result.tasks), result.seconds, result.trials, result.speedup)
+    logger.info("tuned %d kernels in %.0f s, %d trials, estimated speedup %.2fx (longest "
+                "step %.1f s)", len(result.tasks), result.seconds, result.trials,
+                result.speedup, result.longest_step)
     return result
 
 

@@ -94,12 +94,18 @@ def test_rerun_resumes_without_repeating(tuned):
 
 
 def test_time_budget_is_respected(tmp_path):
-    """Margin: a round's first steps (design space, first cost-model call) cannot be cut."""
+    """No trial cap: only the deadline ends this run. Each unit of work (a build, a timed run,
+    a cost-model call, a round's start) starts before the deadline, so the run may end one
+    unit past it; how long a unit takes depends on how loaded the machine is, so the margin
+    is the longest unit this very run measured."""
     start = time.perf_counter()
     result = tune(gemm_model().mod, tc.resolve_target("host"),
                   tc.Tune(seconds=10, database=tmp_path, progress=False))
     wall = time.perf_counter() - start
-    assert wall <= 10 + 6, f"tuning took {wall:.1f} s for a 10 s budget"
+    assert result.trials > 0
+    assert 0 < result.longest_step < wall
+    assert wall <= 10 + 2 * result.longest_step + 2, \
+        f"tuning took {wall:.1f} s for a 10 s budget (longest step {result.longest_step:.1f} s)"
     assert result.seconds <= wall
 
 
