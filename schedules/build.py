@@ -43,6 +43,12 @@ class BuildInfo:
     unscheduled: list[str] = field(default_factory=list)
     from_database: list[str] = field(default_factory=list)
     tuning: Any = None  # the TuneResult when this build was tuned first
+    flops: dict[str, float] = field(default_factory=dict)  # per kernel call, TVM's estimate
+
+    def kernel_facts(self) -> dict[str, Any]:
+        """What a profile of the built module needs to know (kept in an export's manifest)."""
+        return {"flops": dict(self.flops), "unscheduled": list(self.unscheduled),
+                "tuned": list(self.from_database)}
 
 
 def rules_for(target: tvm.target.Target) -> list[dl.ScheduleRule]:
@@ -100,12 +106,20 @@ def relax_pipeline(target: tvm.target.Target, info: BuildInfo,
         info.kernels = len(funcs)
         info.unscheduled = sorted(n for n, f in funcs
                                   if not (f.attrs and f.attrs.get("tirx.is_scheduled")))
+        info.flops = {n: flops for n, f in funcs if (flops := _estimate_flops(f))}
         return mod
 
     passes = [*fusion_passes(target), apply_database(database, target, info.from_database),
               dl.ApplyDefaultSchedule(*map(Guarded, rules_for(target))), record,
               *backend.dataflow_lower_passes(target), *backend.finalize_passes(target)]
     return tvm.transform.Sequential(passes, name="TvmCompressBuild")
+
+
+def _estimate_flops(func: tvm.tirx.PrimFunc) -> float | None:
+    try:
+        return float(tvm.s_tir.analysis.estimate_tir_flops(tvm.IRModule({"main": func})))
+    except Exception:  # an estimate only: opaque calls have none
+        return None
 
 
 def build(mod: tvm.IRModule, preset: TargetPreset, database: Database | None = None

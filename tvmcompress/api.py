@@ -74,6 +74,12 @@ class CompiledModel:
         return self.runner.benchmark(inputs, warmup=warmup, repeat=repeat,
                                      min_seconds=min_seconds)
 
+    def profile(self, inputs: Mapping[str, Any] | Sequence[Any] | None = None,
+                rounds: int = 5):
+        """Each kernel's share of a run, calls, time and GFLOP/s (``tvmcompress.profile``);
+        unscheduled kernels that cost time are flagged."""
+        return self.runner.profile(inputs, rounds, **self.build_info.kernel_facts())
+
     def report(self, measure: bool = True, repeat: int = 10,
                eval_inputs: Mapping[str, Any] | None = None) -> Report:
         """Params, weight bytes and MACs per op kind, original vs compiled; with ``measure``
@@ -126,6 +132,7 @@ class CompiledModel:
             "outputs": self.signature.outputs,
             "source": self.model.source,
             "config": self.config.to_dict(),
+            "kernels": self.build_info.kernel_facts(),
             "versions": {pkg: _version(pkg) for pkg in
                          ("tvmcompress", "apache-tvm", "apache-tvm-ffi", "onnx")},
             **({"cuda": cuda.manifest_entry(self.preset)} if self.device == "cuda" else {}),

@@ -63,9 +63,14 @@ class Runner:
         from tvm import relax
 
         self.signature = signature
+        self.library = library
         self._tvm = tvm
         self._device = tvm.cpu() if device == "cpu" else tvm.device(device, 0)
         self._vm = relax.VirtualMachine(library, self._device)
+
+    @property
+    def device(self) -> Any:
+        return self._device
 
     def prepare(self, inputs: Mapping[str, Any] | Sequence[Any]) -> list[Any]:
         """Check ``inputs`` against the signature and move them to the device."""
@@ -107,6 +112,15 @@ class Runner:
     def _collect(self, result: Any) -> dict[str, np.ndarray]:
         results = [result] if hasattr(result, "numpy") else list(result)
         return {o["name"]: r.numpy() for o, r in zip(self.signature.outputs, results, strict=True)}
+
+    def profile(self, inputs: Mapping[str, Any] | Sequence[Any] | None = None, rounds: int = 5,
+                **build_facts: Any) -> Any:
+        """Each kernel's share of a run (``tvmcompress.profile``); inputs default to random
+        ones. ``build_facts``: ``flops``, ``unscheduled``, ``tuned`` from the build."""
+        from tvmcompress.profile import profile
+
+        tensors = self.prepare(inputs if inputs is not None else random_inputs(self.signature))
+        return profile(self, tensors, rounds=rounds, **build_facts)
 
     def benchmark(self, inputs: Mapping[str, Any] | Sequence[Any] | None = None,
                   warmup: int = 3, repeat: int = 20, min_seconds: float = 0.0) -> BenchmarkResult:
@@ -169,6 +183,14 @@ class LoadedModule(Runner):
 
     def prepare(self, inputs: Mapping[str, Any] | Sequence[Any]) -> list[Any]:
         return super().prepare(inputs) + self._weights
+
+    def profile(self, inputs: Mapping[str, Any] | Sequence[Any] | None = None,
+                rounds: int = 5) -> Any:
+        """Per-kernel times, with the FLOPs and schedule facts the export recorded."""
+        facts = self.manifest.get("kernels", {})
+        return super().profile(inputs, rounds, flops=facts.get("flops", {}),
+                               unscheduled=facts.get("unscheduled", []),
+                               tuned=facts.get("tuned", []))
 
 
 def load(directory: str | Path, device: str | None = None) -> LoadedModule:

@@ -1,4 +1,4 @@
-"""The ``tvmcompress`` command line: compile, run, bench, report, targets."""
+"""The ``tvmcompress`` command line: compile, run, bench, profile, report, tune, targets."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ SUBCOMMANDS = {
     "compile": "Compile a model for a target and export it (library + manifest.json).",
     "run": "Run an exported module on inputs from an .npz file (or random inputs).",
     "bench": "Measure the latency of an exported module or of a model compiled for this host.",
+    "profile": "Time each kernel of a model: share of a run, calls, GFLOP/s, unscheduled ones.",
     "report": "Compile a model and print params, weight bytes, MACs, latency and fidelity.",
     "tune": "Tune a model's kernels with MetaSchedule for a time budget into a database.",
     "targets": "List the target presets.",

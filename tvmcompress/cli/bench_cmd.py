@@ -21,15 +21,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--repeat", type=int, default=20, help="timed runs (default 20)")
 
 
-def run(args: argparse.Namespace) -> int:
+def module_from_args(args: argparse.Namespace):
+    """An exported module directory loaded, or an .onnx model compiled from the flags."""
     from tvmcompress import runtime
 
     if Path(args.model).is_dir():
         if args.input_shape:
             parse_input_shapes(args.input_shape)  # still reject malformed flags
-        module = runtime.load(args.model)
-    else:
-        module = compile_from_args(args)
+        return runtime.load(args.model)
+    return compile_from_args(args)
+
+
+def run(args: argparse.Namespace) -> int:
+    module = module_from_args(args)
     inputs = load_inputs(args.inputs, module.signature)
     print(module.benchmark(inputs, warmup=args.warmup, repeat=args.repeat))
     return 0
