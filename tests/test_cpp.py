@@ -56,14 +56,18 @@ def export(workdir):
     cache: dict[tuple[str, str], Path] = {}
 
     def get(model: str, preset: str) -> Path:
-        """``model`` is a zoo name, with ``-int8`` for its int8 static quantization."""
+        """``model`` is a zoo name, with ``-int8`` for its int8 static quantization or ``-int4``
+        for int4 weight-only."""
         if (model, preset) not in cache:
             name, _, quant = model.partition("-")
             shape = [1, *zoo.ZOO[name][1]]
             config = tc.CompressConfig(passes=[tc.QuantizeConfig(
                 scheme="int8", activation="int8-sym",  # the same integer model on every arch
                 calibration={"x": np.random.default_rng(3).standard_normal(
-                    [8, *shape[1:]]).astype("float32")})]) if quant else None
+                    [8, *shape[1:]]).astype("float32")})]) if quant == "int8" else None
+            if quant == "int4":
+                config = tc.CompressConfig(passes=[tc.QuantizeConfig(scheme="int4",
+                                                                     group_size=32)])
             compiled = tc.compile(zoo.build(name, 1), preset, config=config,
                                   input_shapes={"x": shape})
             directory = compiled.export(workdir / f"{model}-{preset}")
@@ -175,6 +179,20 @@ def test_int8_under_qemu_matches_x86(board, export, x86_runner, aarch64_runner, 
     for name, value in reference.items():
         assert np.array_equal(value, expected[name])
         np.testing.assert_allclose(actual[name], value, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("board", BOARDS)
+def test_int4_under_qemu_matches_x86(board, export, x86_runner, aarch64_runner, workdir):
+    """int4 weight-only matmuls (nibbles unpacked in NEON registers) give the x86 results."""
+    inputs = _inputs("transformer-int4")
+    bundle_x86 = export("transformer-int4", "host")
+    reference = _run_bundle(x86_runner, bundle_x86, inputs, workdir / f"out-int4-{board}-ref")
+    bundle = export("transformer-int4", board)
+    actual = _run_bundle(aarch64_runner, bundle, inputs, workdir / f"out-int4-{board}",
+                         qemu=True)
+    assert "int4" in (bundle / "manifest.json").read_text()
+    for name, value in reference.items():
+        np.testing.assert_allclose(actual[name], value, rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize("arch", ["x86_64", "aarch64"])
