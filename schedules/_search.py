@@ -16,6 +16,7 @@ from tvmcompress.schedules import _measure
 
 logger = logging.getLogger(__name__)
 POPULATION = 64  # MetaSchedule's 512 costs tens of seconds of search per round on 2 cores
+MIN_NEW = 8  # unmeasured samples a round needs (MetaSchedule: 50); our spaces can be small
 
 
 def best_secs(db: ms.database.Database, task, target: tvm.target.Target) -> float | None:
@@ -80,17 +81,24 @@ def _same_trace(a, b) -> bool:
 
 def run_round(task, n: int, db, target, builder, runner, cost_model, work_dir: str,
               seed: int) -> None:
-    """``n`` trials of evolutionary search on one kernel, measured and committed to ``db``."""
+    """``n`` trials of evolutionary search on one kernel, measured and committed to ``db``.
+    Our tensorized rules are design spaces (``spaces.py``); they read the target from the
+    context."""
+    from tvmcompress.schedules import spaces
+
+    spaces.register()
     with _measure.no_intrinsics():
+        strategy = ms.search_strategy.EvolutionarySearch(population_size=POPULATION,
+                                                         init_min_unmeasured=MIN_NEW)
         ctx = ms.TuneContext(mod=task.mod, target=target, space_generator="post-order-apply",
-                             search_strategy=ms.search_strategy.EvolutionarySearch(
-                                 population_size=POPULATION), task_name=task.name,
+                             search_strategy=strategy, task_name=task.name,
                              rand_state=seed, num_threads=2,
                              logger=logging.getLogger("tvmcompress.metaschedule"))
-    ms.tune.tune_tasks(tasks=[ctx], task_weights=[1.0], work_dir=work_dir,
-                       max_trials_global=n, num_trials_per_iter=n, builder=builder,
-                       runner=runner, database=db, cost_model=cost_model,
-                       task_scheduler="round-robin")
+    with target:
+        ms.tune.tune_tasks(tasks=[ctx], task_weights=[1.0], work_dir=work_dir,
+                           max_trials_global=n, num_trials_per_iter=n, builder=builder,
+                           runner=runner, database=db, cost_model=cost_model,
+                           task_scheduler="round-robin")
 
 
 def pick(tasks, trials_cap: int | None):

@@ -42,6 +42,10 @@ def tile(rows: int, panels: int, intrin: str) -> tuple[int, int]:
 class Int8Gemm(common.CPURule):
     """The packed int8 GEMM / conv blocks (tagged ``schedule_rule``) and their epilogue."""
 
+    def tile(self, sch: s_tir.Schedule, rows: int, panels: int, intrin: str):
+        """(rows, vectors) of the register tile; ``schedules/spaces.py`` samples them."""
+        return tile(rows, panels, intrin)
+
     def schedule(self, sch: s_tir.Schedule, target: Target) -> bool:
         blocks = sch.get_child_blocks(sch.get_sblock("root"))
         tagged = [i for i, b in enumerate(blocks)
@@ -60,16 +64,18 @@ class Int8Gemm(common.CPURule):
         if extents is None:
             return False
         if sch.get(main).name_hint == "int8_gemm":  # gemm: batch.., m, n, ko, ki
-            *ms, n, ko, ki = loops
-            m = sch.fuse(*ms) if len(ms) > 1 else ms[0]
-            rows, vecs = tile(math.prod(extents[:-3]), extents[-3] // lanes, intrin)
+            # Rows tile the last row axis only: a tile split across a fused (batch, m) axis
+            # has bindings tensorize cannot blockize ([8, 128, K] activations fell back to
+            # scalar code); the batch axes join the parallel outer loop instead.
+            *batch, m, n, ko, ki = loops
+            rows, vecs = self.tile(sch, extents[-4], extents[-3] // lanes, intrin)
             mo, mi = sch.split(m, [None, rows])
             no, nr, ni = sch.split(n, [None, vecs, lanes])
-            sch.reorder(no, mo, ko, mi, nr, ni, ki)
-            outer, first = sch.fuse(no, mo), ko
+            sch.reorder(no, *batch, mo, ko, mi, nr, ni, ki)
+            outer, first = sch.fuse(no, *batch, mo), ko
         else:  # conv: b, o, h, w, c, kh, kw, ki
             b, o, h, w, c, kh, kw, ki = loops
-            rows, vecs = tile(extents[3], extents[1] // lanes, intrin)
+            rows, vecs = self.tile(sch, extents[3], extents[1] // lanes, intrin)
             wo, wi = sch.split(w, [None, rows])
             oo, orr, oi = sch.split(o, [None, vecs, lanes])
             sch.reorder(b, oo, h, wo, c, kh, kw, wi, orr, oi, ki)
