@@ -101,6 +101,45 @@ def run_round(task, n: int, db, target, builder, runner, cost_model, work_dir: s
                            task_scheduler="round-robin")
 
 
+def verify(task, db, target, builder, runner, deadline: _measure.Deadline,
+           margin: float = 0.03, rounds: int = 2) -> None:
+    """Keep the database's best for ``task`` only if it beats the default schedule head to head.
+
+    Times measured minutes apart on a shared machine do not compare: a default seeded while
+    the machine was busy makes every later candidate look faster. So both are measured again,
+    alternately, now. If the best does not win by ``margin``, the default's trace is committed
+    with the best's stored time scaled by the head-to-head ratio (at most 0.999 of it), so
+    compiles pick the default again.
+    """
+    from tvmcompress.schedules.tunedb import best_record
+
+    rec, default = best_record(db, task.mod, target), default_schedule(task, target)
+    if rec is None or default is None or _same_trace(rec.trace, default.trace):
+        return
+    tuned = tvm.s_tir.Schedule(task.mod)
+    rec.trace.apply_to_schedule(tuned, remove_postproc=False)
+    times: dict[str, list[float]] = {"default": [], "tuned": []}
+    for _ in range(rounds):
+        for name, sch in (("default", default), ("tuned", tuned)):
+            if deadline.passed():
+                return
+            with deadline.unit():
+                secs = _measure.measure(sch, target, builder, runner)
+            if isinstance(secs, str):
+                return
+            times[name].append(statistics.median(secs))
+    ratio = statistics.median(times["default"]) / statistics.median(times["tuned"])
+    if ratio >= 1 / (1 - margin):
+        return
+    logger.info("%s: the tuned record is not faster than the default head to head (%.2fx); "
+                "keeping the default", task.name, ratio)
+    stored = statistics.mean(float(s) for s in rec.run_secs)
+    args = ms.arg_info.ArgInfo.from_prim_func(task.mod["main"])
+    db.commit_tuning_record(ms.database.TuningRecord(
+        default.trace, db.commit_workload(task.mod), [stored * min(ratio, 0.999)], target, args))
+    task.best_secs = task.default_secs
+
+
 def pick(tasks, trials_cap: int | None):
     """The kernel to tune next: most time (calls x best time), decaying with rounds spent."""
     def left(t) -> int:

@@ -32,6 +32,7 @@ from tvmcompress.schedules import _measure, tunedb
 
 logger = logging.getLogger(__name__)
 TRIALS_PER_ROUND = 8
+VERIFY_SHARE = 0.15  # of the budget, kept for re-measuring each tuned kernel against its default
 
 
 @dataclass(frozen=True)
@@ -177,8 +178,13 @@ def tune(mod: tvm.IRModule, preset, config: Tune) -> TuneResult:
             tunedb.merge(private, shared)
             _update(bar, result, start)
 
-        _search.search(result.tasks, db, target, builder, runner, deadline, config.trials,
+        search_until = _measure.Deadline(deadline.left() * (1 - VERIFY_SHARE))
+        _search.search(result.tasks, db, target, builder, runner, search_until, config.trials,
                        str(private), on_round, per_trial)
+        deadline.record(search_until.longest)
+        for task in result.tasks:  # heaviest first
+            _search.verify(task, db, target, builder, runner, deadline)
+        tunedb.merge(private, shared)
     finally:
         shutil.rmtree(private, ignore_errors=True)
         result.seconds = time.perf_counter() - start

@@ -1,5 +1,7 @@
-"""Tuning an int8 kernel searches our tensorized rule's space (``schedules/spaces.py``): every
-candidate keeps the AVX2 intrinsic, tile sizes are sampled decisions, the tuned build is exact."""
+"""What tuning searches and what it keeps: an int8 kernel is searched in our tensorized rule's
+space (``schedules/spaces.py``: every candidate keeps the AVX2 intrinsic, tile sizes are sampled
+decisions, the tuned build is exact), and a record that does not beat the default head to head
+is not what compiles get (``_search.verify``)."""
 
 from __future__ import annotations
 
@@ -12,9 +14,10 @@ from onnx import TensorProto, numpy_helper
 from onnx import helper as oh
 
 import tvmcompress as tc
-from tvmcompress.schedules import spaces, tunedb
+from tvmcompress.schedules import _measure, _search, spaces, tunedb
+from tvmcompress.schedules.build import fusion_passes
 from tvmcompress.schedules.intrin.x86_int8 import DOT_U8S8
-from tvmcompress.schedules.tune import tune
+from tvmcompress.schedules.tune import extract_tasks, tune, tuning_target
 
 M, K, N = 64, 256, 256
 
@@ -60,3 +63,27 @@ def test_design_space_registration_is_idempotent():
     spaces.register()
     name = "s_tir.meta_schedule.cpu.tvmcompress.int8_gemm"
     assert tvm.get_global_func(name, allow_missing=True) is not None
+
+
+def test_a_stale_lucky_record_loses_to_the_default_head_to_head(tmp_path):
+    """A naive (unscheduled) loop nest recorded with an impossibly fast time, as a noisy
+    measurement could: verify measures both again and compiles get the default back."""
+    from tvm.s_tir import meta_schedule as ms
+
+    model, _ = _int8_model()
+    target = tuning_target(tc.resolve_target("host").tvm_target)
+    with target:
+        fused = tvm.transform.Sequential(fusion_passes(target))(tc.load(model).mod)
+    task = extract_tasks(fused, 1)[0]
+    db = ms.database.JSONDatabase(work_dir=str(tmp_path))
+    naive = tvm.s_tir.Schedule(task.mod)
+    naive.get_sblock("root")  # MetaSchedule's databases skip records with an empty trace
+    db.commit_tuning_record(ms.database.TuningRecord(
+        naive.trace, db.commit_workload(task.mod), [1e-7], target,
+        ms.arg_info.ArgInfo.from_prim_func(task.mod["main"])))
+    assert tunedb.best_record(db, task.mod, target).run_secs[0].value == pytest.approx(1e-7)
+    builder, runner = _measure.InProcessBuilder(), _measure.InProcessRunner()
+    _search.verify(task, db, target, builder, runner, _measure.Deadline(120))
+    best = tunedb.best_record(db, task.mod, target)
+    default = _search.default_schedule(task, target)
+    assert _search._same_trace(best.trace, default.trace)
