@@ -109,9 +109,10 @@ class _Rewriter(PyExprMutator):
         if call.op != tvm.ir.Op.get("relax.nn.conv2d") or call.attrs.data_layout != self.layout:
             return call
         attrs = call.attrs
-        if str(attrs.out_dtype) not in ("None", "", "void", "float32") \
-                or str(call.args[0].ty.dtype) != "float32":
-            return call
+        dtype = str(call.args[0].ty.dtype)
+        if dtype not in ("float32", "float16") or str(call.args[1].ty.dtype) != dtype \
+                or str(attrs.out_dtype) not in ("None", "", "void", dtype):
+            return self._back_to_nchw(call)  # ConvertLayout moved every conv; TOPI can't
         weight, b = call.args[1], int(call.args[0].ty.shape[-1])
         if isinstance(weight, Constant) and int(attrs.groups) == 1 \
                 and int(weight.value.shape[1]) % b == 0:
@@ -120,6 +121,18 @@ class _Rewriter(PyExprMutator):
             nchwc_conv2d, call.args[0], weight, [int(s) for s in attrs.strides],
             [int(p) for p in attrs.padding], [int(d) for d in attrs.dilation],
             int(attrs.groups), primfunc_name_hint="conv2d_nchwc")
+
+    def _back_to_nchw(self, call: relax.Call) -> relax.Expr:
+        """A conv we have no NCHWc kernel for (integer, float64) as the NCHW conv it was,
+        between layout transforms (legalization has no NCHWc conv for it)."""
+        data, weight = call.args
+        b, attrs = int(data.ty.shape[-1]), call.attrs
+        nchw = relax.op.layout_transform(data, lambda n, c, h, w, v: (n, c * b + v, h, w))
+        oihw = relax.op.layout_transform(weight, lambda o, i, kh, kw, v: (o * b + v, i, kh, kw))
+        out = self.builder_.emit(relax.op.nn.conv2d(
+            self.builder_.emit(nchw), self.builder_.emit(oihw), attrs.strides, attrs.padding,
+            attrs.dilation, attrs.groups, out_dtype=attrs.out_dtype))
+        return relax.op.layout_transform(out, lambda n, c, h, w: (n, c // b, h, w, c % b))
 
     def _typed_pad(self, call: relax.Call) -> relax.Expr:
         """Legalization pads a bool tensor's layout transform with a number, which cannot
