@@ -108,7 +108,8 @@ def _finish(sch, main, epilogue, outer, first, inner, intrin: str, macs: int,
     epilogue = common.tile_accumulator(sch, main, epilogue, outer, layout, macs)
     init = sch.decompose_reduction(main, first)
     mi, nr, ni = inner
-    sch.tensorize(ni, x86_int8.name(intrin, "local"))
+    scope = sch.get(main).writes[0].source.scope()  # tile_accumulator picks it
+    sch.tensorize(ni, x86_int8.name(intrin, scope))
     sch.unroll(nr)
     sch.unroll(mi)
     init_loops = sch.get_loops(init)

@@ -107,3 +107,27 @@ def test_tile_sizes_avx2(width, dense, expected):
     target = tvm.target.Target({"kind": "llvm", "mtriple": "x86_64-linux-gnu",
                                 "mcpu": "znver3"})
     assert tile_sizes(32, width, dense, target) == expected
+
+
+def test_tile_sizes_three_vectors_when_channels_allow():
+    """12 channel blocks (MobileNetV2's 96): 4 x 3 tiles, 12 accumulators, on 112/56/28-wide
+    maps; a 14-wide map keeps 7 x 1 (its divisors give 3 vectors only 2 rows)."""
+    target = tvm.target.Target({"kind": "llvm", "mtriple": "x86_64-linux-gnu",
+                                "mcpu": "znver3"})
+    assert [tile_sizes(12, w, True, target) for w in (112, 56, 28, 14)] == [
+        (4, 3), (4, 3), (4, 3), (7, 1)]
+
+
+def test_expand_conv_parity_and_register_tile():
+    """A 1x1 expand conv (8 -> 24 channels: 3 blocks, 4 x 3 tiles) + bias + ReLU6 on a
+    28-wide map matches unscheduled TVM, and its accumulator tile is a stack buffer: no
+    ``TVMBackendAllocWorkspace`` call per tile, which kept the tile out of registers."""
+    nodes = [oh.make_node("Conv", ["x", "w", "b"], ["a"], kernel_shape=[1, 1]),
+             oh.make_node("Clip", ["a", "lo", "hi"], ["y"])]
+    params = weights(2, w=(24, 8, 1, 1), b=(24,))
+    params |= {"lo": np.array(0, "float32"), "hi": np.array(6, "float32")}
+    compiled = assert_parity(onnx_model(nodes, {"x": [1, 8, 28, 28]}, ("y", [1, 24, 28, 28]),
+                                        params))
+    asm = "".join(m.inspect_source("asm") for m in compiled.executable.mod.imports)
+    assert "vfmadd" in asm
+    assert "TVMBackendAllocWorkspace" not in asm
