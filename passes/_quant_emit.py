@@ -30,11 +30,8 @@ def contract(call: relax.Call, x: relax.Expr, w: relax.Expr, out_dtype: str | No
              padding=None) -> relax.Call:
     """``call`` (matmul or conv2d) on new operands, attributes kept."""
     if call.op.name == "relax.matmul":
-        if out_dtype == "int32" and len(x.ty.shape.values) > 2 and len(w.ty.shape.values) == 2:
-            # Integer kernels are 2-D GEMMs: [batch, seq, K] runs as [batch * seq, K].
-            k, n = x.ty.shape.values[-1], w.ty.shape.values[-1]
-            flat = relax.op.matmul(relax.op.reshape(x, [-1, k]), w, out_dtype=out_dtype)
-            return relax.op.reshape(flat, [*x.ty.shape.values[:-1], n])
+        # [batch, seq, K] stays 3-D: the int8 GEMM kernel takes any rank, and without a
+        # reshape between them FuseOps folds the float tail (scales, bias, GELU) into it.
         return relax.op.matmul(x, w, out_dtype=out_dtype)
     a = call.attrs
     return relax.op.nn.conv2d(x, w, a.strides, a.padding if padding is None else padding,

@@ -123,6 +123,28 @@ def int8_weight_bits() -> int:
     return 8 if vnni else 7
 
 
+# Convs whose int8 kernel measured slower than our fp32 one on MobileNetV2 (AVX2, 2 threads,
+# interleaved: whole model int8/fp32 1.9x with every conv int8, 1.5x with depthwise kept
+# fp32, 1.1x with these short reductions fp32 too): too few MACs per output to pay for the
+# quantize/requantize epilogue and the NCHW layout changes around an int8 conv.
+SHORT_REDUCTION = 64
+
+
+def int8_keeps_float(layer: Layer) -> str | None:
+    """Why an int8 scheme leaves ``layer`` float (None: quantize it). ``per_layer`` names
+    override this (the caller asks only for the default scheme)."""
+    if layer.kind != "conv2d":
+        return None
+    if int(layer.call.attrs.groups) > 1 and layer.weight.shape[1] == 1:
+        return ("depthwise: kept fp32 (~1 MAC per byte loaded: int8 saves no compute, and "
+                "our fp32 NCHWc depthwise kernel is faster); per_layer={name: 'int8'} forces it")
+    k = int(np.prod(layer.weight.shape[1:]))
+    if k < SHORT_REDUCTION:
+        return (f"reduction of {k} < {SHORT_REDUCTION} MACs per output: kept fp32 (int8 "
+                "measured slower here); per_layer={name: 'int8'} forces it")
+    return None
+
+
 def weight_correction(layer: Layer, w_deq: np.ndarray, mean_x: np.ndarray) -> np.ndarray:
     """Per-output-channel ``-E[x] . (W_q - W)``: the mean output shift weight rounding causes
     (Nagel et al. 2019, data-free quantization; E[x] from the calibration data)."""

@@ -29,6 +29,7 @@ from tvmcompress.passes._quant_plan import (
     Layer,
     auto_activation,
     find_layers,
+    int8_keeps_float,
     plan_layer,
     weight_correction,
 )
@@ -110,7 +111,9 @@ def _scheme_for(layer: Layer, cfg: QuantizeConfig) -> tuple[str | None, str]:
         return None, f"excluded by {hit[0]!r}"
     if not np.all(np.isfinite(layer.weight)):
         return None, "weight holds NaN/Inf: left float"
-    return cfg.scheme, ""
+    why = int8_keeps_float(layer) if cfg.scheme in ("int8", "int8-dynamic") else None
+    return (None, why) if why else (cfg.scheme, "")
+
 
 
 def _calibrate(mod: tvm.IRModule, layers: list[Layer], cfg: QuantizeConfig) -> dict:

@@ -14,6 +14,7 @@ from tvmcompress.passes import _quant_math as qm
 from tvmcompress.passes._quant_plan import int8_weight_bits
 from tvmcompress.passes.quantize import QuantizeConfig, quantize, quantize_module
 from tvmcompress.passes.record import collecting
+from tvmcompress.schedules.build import fusion_passes
 
 
 def _calls(mod: tvm.IRModule, op: str) -> list[relax.Call]:
@@ -72,19 +73,27 @@ def test_golden_int8_dynamic_matmul():
 
 
 @pytest.mark.parametrize("scheme", ["int8-dynamic", "int8"])
-def test_int8_matmul_on_3d_activations_is_a_2d_gemm(scheme):
-    """[batch, seq, K] @ W runs as one [batch * seq, K] integer GEMM (our int8 kernels are
-    2-D; the batched form ran ~10x slower), and the output keeps its shape and values."""
+def test_int8_matmul_on_3d_activations_keeps_its_epilogue_fused(scheme):
+    """[batch, seq, K] @ W stays one 3-D integer matmul (no reshape after it), so the float
+    tail fuses into the int8 GEMM kernel; the kernel is tensorized and values are right."""
     rng = np.random.default_rng(3)
     w = rng.standard_normal((16, 24)).astype(np.float32)
     x = rng.standard_normal((2, 5, 16)).astype(np.float32)
     calibration = {"x": x} if scheme == "int8" else None
     config = QuantizeConfig(scheme=scheme, calibration=calibration)
-    (contraction,) = [c for c in _calls(quantize(config)(_tiny(w, (2, 5, 16))), "relax.matmul")]
-    assert [int(d) for d in contraction.args[0].ty.shape.values] == [10, 16]
-    assert str(contraction.ty.dtype) == "int32"
+    after = quantize(config)(_tiny(w, (2, 5, 16)))
+    (contraction,) = [c for c in _calls(after, "relax.matmul")]
+    assert [int(d) for d in contraction.args[0].ty.shape.values] == [2, 5, 16]
+    assert str(contraction.ty.dtype) == "int32" and not _calls(after, "relax.reshape")
     compiled = tc.compile(_tiny_onnx(w, (2, 5, 16)), "host",
                           config=tc.CompressConfig(passes=[config]))
+    target = compiled.preset.tvm_target
+    with target:
+        fused = tvm.transform.Sequential(fusion_passes(target))(compiled.ir)
+    assert any("int8_gemm" in gv.name_hint and "multiply" in gv.name_hint
+               for gv in fused.functions)  # the scale multiply runs inside the GEMM kernel
+    assert not compiled.build_info.unscheduled or all(
+        "abs" in n for n in compiled.build_info.unscheduled)
     (y,) = compiled.run({"x": x}).values()
     assert y.shape == (2, 5, 24)
     np.testing.assert_allclose(y, x @ w, atol=0.05 * np.abs(x @ w).max())
