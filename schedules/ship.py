@@ -24,9 +24,11 @@ def _trace(rec_or_sch) -> str:
     return json.dumps(rec_or_sch.trace.as_json(), default=str)
 
 
-def prune(source: Path, dest: Path, target: tvm.target.Target, margin: float = 0.95) -> int:
+def prune(source: Path, dest: Path, target: tvm.target.Target, margin: float = 0.95,
+          max_bytes: int = 150_000) -> int:
     """Write to ``dest`` (replacing it) each workload's best record from ``source`` whose
-    mean time is below ``margin`` x its default schedule's; returns how many."""
+    mean time is below ``margin`` x its default schedule's, the biggest gains first while the
+    workloads fit in ``max_bytes`` (each is its whole kernel, tens of KB); returns how many."""
     records = tunedb.read_records(Path(source))
     db = ms.database.MemoryDatabase()
     tunedb.copy_records(records, db)
@@ -45,7 +47,8 @@ def prune(source: Path, dest: Path, target: tvm.target.Target, margin: float = 0
         same = [r for r in db.get_top_k(db.commit_workload(mod), 1 << 16)
                 if _trace(r) == _trace(default)]
         if same and _trace(best) != _trace(default) and _mean(best) < margin * _mean(same[0]):
-            keep.append(best)
+            keep.append((_mean(same[0]) / _mean(best), best))
+    keep = _fit([rec for _, rec in sorted(keep, key=lambda g: -g[0])], max_bytes)
     staging = Path(tempfile.mkdtemp(prefix=".ship-"))
     tunedb.copy_records(keep, ms.database.JSONDatabase(work_dir=str(staging)))
     dest = Path(dest)
@@ -54,3 +57,13 @@ def prune(source: Path, dest: Path, target: tvm.target.Target, margin: float = 0
         shutil.move(staging / name, dest / name)
     shutil.rmtree(staging, ignore_errors=True)
     return len(keep)
+
+
+def _fit(records: list, max_bytes: int) -> list:
+    kept, size = [], 0
+    for rec in records:
+        size += len(json.dumps(rec.workload.as_json(), default=str))
+        if size > max_bytes:
+            break
+        kept.append(rec)
+    return kept
