@@ -26,6 +26,7 @@ from tvm.relax.expr_functor import PyExprMutator, mutator
 from tvm.target import Target
 
 from tvmcompress.schedules.cpu import common
+from tvmcompress.schedules.cpu.pack_conv import conv_output_size
 
 
 def block_width(target: Target) -> int:
@@ -46,8 +47,7 @@ def nchwc_conv2d(data: te.Tensor, weight: te.Tensor, strides, padding, dilation,
         panels, in_per_group, kh, kw, _ = (int(d) for d in weight.shape)
     (sh, sw), (dh, dw) = strides, dilation
     top, left, bottom, right = padding
-    out_h = (height + top + bottom - (kh - 1) * dh - 1) // sh + 1
-    out_w = (width + left + right - (kw - 1) * dw - 1) // sw + 1
+    out_h, out_w = conv_output_size((height, width), (kh, kw), strides, padding, dilation)
     if any(padding):
         data = topi.nn.pad(data, [0, 0, top, left, 0], [0, 0, bottom, right, 0],
                            name="pad_temp")

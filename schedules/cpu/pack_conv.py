@@ -36,6 +36,15 @@ def panel_width(out_channels: int, groups: int, target: Target) -> int:
     return 2 * lanes if per_group % (2 * lanes) == 0 else lanes
 
 
+def conv_output_size(size, kernel, strides, padding, dilation) -> tuple[int, int]:
+    """(out_h, out_w) of a 2-D window op over ``size`` = (h, w); padding is (top, left,
+    bottom, right). Shared by the NCHW and NCHWc conv computes."""
+    (height, width), (kh, kw), (sh, sw), (dh, dw) = size, kernel, strides, dilation
+    top, left, bottom, right = padding
+    return ((height + top + bottom - (kh - 1) * dh - 1) // sh + 1,
+            (width + left + right - (kw - 1) * dw - 1) // sw + 1)
+
+
 def packed_conv2d(data: te.Tensor, packed: te.Tensor, strides, padding, dilation,
                   groups: int) -> te.Tensor:
     """NCHW conv2d reading ``packed`` [O / v, I / groups, KH, KW, v]."""
@@ -43,8 +52,7 @@ def packed_conv2d(data: te.Tensor, packed: te.Tensor, strides, padding, dilation
     panels, in_per_group, kh, kw, v = (int(d) for d in packed.shape)
     (sh, sw), (dh, dw) = strides, dilation
     top, left, bottom, right = padding
-    out_h = (height + top + bottom - (kh - 1) * dh - 1) // sh + 1
-    out_w = (width_ + left + right - (kw - 1) * dw - 1) // sw + 1
+    out_h, out_w = conv_output_size((height, width_), (kh, kw), strides, padding, dilation)
     if any(padding):
         data = topi.nn.pad(data, [0, 0, top, left], [0, 0, bottom, right], name="pad_temp")
     out_per_group = panels * v // groups
