@@ -31,12 +31,13 @@ def tile(rows: int, panels: int, intrin: str) -> tuple[int, int]:
     if rows == 1:
         return 1, common.divisor_at_most(panels, 8)
     spare = 16 - (1 if intrin == DOT_S16 else 3)
-    best = (0, 1, 1)
+    shapes = []
     for vecs in (d for d in range(1, min(panels, 4) + 1) if panels % d == 0):
         r = common.divisor_at_most(rows, max(1, (spare - vecs) // vecs))
-        if r * vecs > best[0]:
-            best = (r * vecs, r, vecs)
-    return best[1], best[2]
+        shapes.append((r, vecs))
+    # Most accumulators, then fewest loads per step (r broadcasts + vecs weight vectors):
+    # 8x1 and 2x4 both hold 8 accumulators, but 2x4 loads 6 registers per 8 products, not 9.
+    return min(shapes, key=lambda s: (-s[0] * s[1], s[0] + s[1], -s[1]))
 
 
 class Int8Gemm(common.CPURule):

@@ -8,7 +8,7 @@ from __future__ import annotations
 from tvm.s_tir import TensorIntrin
 from tvm.script import tirx as T
 
-from tvmcompress.schedules.intrin.x86_int8 import _desc, name
+from tvmcompress.schedules.intrin.x86_int8 import _desc, name, splat
 
 DOT_SDOT = "tvmcompress_neon_dot_4x4_s8s8s32_sdot"
 SHAPE = ("int8", "int8", 4, 4)
@@ -23,11 +23,10 @@ def _impl(scope: str):
         with T.sblock("root"):
             T.reads(C[0:4], A[0:4], B[0:4, 0:4])
             T.writes(C[0:4])
-            a32 = T.reinterpret(A.vload([0], "int8x4"), dtype="int32")
             C[T.ramp(T.int32(0), 1, 4)] = T.call_llvm_pure_intrin(
                 T.llvm_lookup_intrinsic_id("llvm.aarch64.neon.sdot.v4i32.v16i8"),
                 C.vload([0], dtype="int32x4"),
-                T.reinterpret(T.broadcast(a32, 4), dtype="int8x16"),
+                splat(A, "int8x4", 4, "int8x16"),
                 B.vload([0, 0], dtype="int8x16"), dtype="int32x4")
 
     return impl

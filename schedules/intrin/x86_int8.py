@@ -50,6 +50,15 @@ def _desc(a_dtype: str, b_dtype: str, k: int, scope: str, lanes: int = LANES):
     return desc
 
 
+def splat(A, group: str, lanes: int, dtype: str):
+    """``A``'s k-group (e.g. 4 bytes as one int32) broadcast to every lane, as ``dtype``.
+    An expression, not a TVMScript variable: a variable becomes an ``alloc_local``, which
+    TVM 0.27 lowers on CPUs to a ``TVMBackendAllocWorkspace`` per tile, and those calls
+    serialize the threads (the int8 GEMM ran slower on 2 threads than on 1)."""
+    return T.reinterpret(T.broadcast(T.reinterpret(A.vload([0], group), dtype="int32"), lanes),
+                         dtype=dtype)
+
+
 def _impl_u8s8(scope: str):
     @T.prim_func(s_tir=True)
     def impl(a: T.handle, b: T.handle, c: T.handle) -> None:
@@ -59,14 +68,13 @@ def _impl_u8s8(scope: str):
         with T.sblock("root"):
             T.reads(C[0:LANES], A[0:4], B[0:LANES, 0:4])
             T.writes(C[0:LANES])
-            a32 = T.reinterpret(A.vload([0], "uint8x4"), dtype="int32")
-            pairs = T.call_llvm_pure_intrin(
-                T.llvm_lookup_intrinsic_id("llvm.x86.avx2.pmadd.ub.sw"),
-                T.reinterpret(T.broadcast(a32, LANES), dtype="uint8x32"),
-                B.vload([0, 0], dtype="int8x32"), dtype="int16x16")
             C[T.ramp(T.int32(0), 1, LANES)] += T.call_llvm_pure_intrin(
                 T.llvm_lookup_intrinsic_id("llvm.x86.avx2.pmadd.wd"),
-                pairs, T.int16x16(1), dtype="int32x8")
+                T.call_llvm_pure_intrin(
+                    T.llvm_lookup_intrinsic_id("llvm.x86.avx2.pmadd.ub.sw"),
+                    splat(A, "uint8x4", LANES, "uint8x32"),
+                    B.vload([0, 0], dtype="int8x32"), dtype="int16x16"),
+                T.int16x16(1), dtype="int32x8")
 
     return impl
 
@@ -80,10 +88,9 @@ def _impl_s16(scope: str):
         with T.sblock("root"):
             T.reads(C[0:LANES], A[0:2], B[0:LANES, 0:2])
             T.writes(C[0:LANES])
-            a32 = T.reinterpret(A.vload([0], "int16x2"), dtype="int32")
             C[T.ramp(T.int32(0), 1, LANES)] += T.call_llvm_pure_intrin(
                 T.llvm_lookup_intrinsic_id("llvm.x86.avx2.pmadd.wd"),
-                T.reinterpret(T.broadcast(a32, LANES), dtype="int16x16"),
+                splat(A, "int16x2", LANES, "int16x16"),
                 B.vload([0, 0], dtype="int16x16"), dtype="int32x8")
 
     return impl
@@ -101,21 +108,20 @@ def _impl_avx512(scope: str, vnni: bool):
         with T.sblock("root"):
             T.reads(C[0:16], A[0:4], B[0:16, 0:4])
             T.writes(C[0:16])
-            a32 = T.reinterpret(A.vload([0], "uint8x4"), dtype="int32")
             if vnni:
                 C[T.ramp(T.int32(0), 1, 16)] = T.call_llvm_pure_intrin(
                     T.llvm_lookup_intrinsic_id("llvm.x86.avx512.vpdpbusd.512"),
                     C.vload([0], dtype="int32x16"),  # LLVM 17+: byte-vector operands
-                    T.reinterpret(T.broadcast(a32, 16), dtype="int8x64"),
+                    splat(A, "uint8x4", 16, "int8x64"),
                     B.vload([0, 0], dtype="int8x64"), dtype="int32x16")
             else:
-                pairs = T.call_llvm_pure_intrin(
-                    T.llvm_lookup_intrinsic_id("llvm.x86.avx512.pmaddubs.w.512"),
-                    T.reinterpret(T.broadcast(a32, 16), dtype="uint8x64"),
-                    B.vload([0, 0], dtype="int8x64"), dtype="int16x32")
                 C[T.ramp(T.int32(0), 1, 16)] += T.call_llvm_pure_intrin(
                     T.llvm_lookup_intrinsic_id("llvm.x86.avx512.pmaddw.d.512"),
-                    pairs, T.int16x32(1), dtype="int32x16")
+                    T.call_llvm_pure_intrin(
+                        T.llvm_lookup_intrinsic_id("llvm.x86.avx512.pmaddubs.w.512"),
+                        splat(A, "uint8x4", 16, "uint8x64"),
+                        B.vload([0, 0], dtype="int8x64"), dtype="int16x32"),
+                    T.int16x32(1), dtype="int32x16")
 
     return impl
 
