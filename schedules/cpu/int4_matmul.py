@@ -100,7 +100,9 @@ def _group_dot(sch: s_tir.Schedule, dot, g_loop, tile: tuple[int, int, int]) -> 
     load each), then k, rows, vectors, lanes."""
     rows, vecs, lanes = tile
     sch.compute_at(dot, g_loop)
-    sch.set_scope(dot, 0, "local")
+    # The dot tile keeps the "global" scope: compacted to the tile it becomes a stack buffer
+    # LLVM keeps in registers; "local" is a TVMBackendAllocWorkspace call per tile on CPUs
+    # (see common.tile_accumulator).
     loops = sch.get_loops(dot)
     below = loops[[sch.get(lp).same_as(sch.get(g_loop)) for lp in loops].index(True) + 1:]
     *spatial, kk = below  # compute_at drops unit loops (one row, one group, one column)
