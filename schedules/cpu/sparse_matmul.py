@@ -84,7 +84,7 @@ def bsr_matmul(shape: SparseShape, relu: bool = False, cores: int = 1) -> tirx.P
                y: T.Buffer((m, n), "float32")):
         T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True})
         for t in T.parallel(chunks) if chunks > 1 else T.serial(1):
-            acc = T.alloc_buffer((split, mr, bn), "float32", scope="local")
+            acc = T.alloc_buffer((split, mr, bn), "float32")  # stack, kept in registers
             for jm in T.serial(t * per, T.min(t * per + per, panels * tiles)):
                 j = jm % panels
                 row0 = jm // panels * mr
