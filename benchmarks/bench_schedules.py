@@ -83,12 +83,22 @@ def engines(model: tc.Model, plain: bool) -> tuple[dict, dict]:
     return runs, seconds
 
 
+WARMUP_S = 0.05
+
+
 def time_rounds(runs: dict, rounds: int, budget: float, repeat: int) -> dict[str, float]:
-    """Median over interleaved rounds of each engine's per-round median, in ms."""
+    """Median over interleaved rounds of each engine's per-round median, in ms.
+
+    Each engine warms up for ``WARMUP_S`` (at least 3 runs) before its timed runs: the engine
+    before it leaves its worker threads spinning for a while (onnxruntime's and TVM's pools
+    both spin before they sleep), and on 2 cores those steal a core from the next engine."""
     names, per_round = list(runs), {n: [] for n in runs}
     for r in range(rounds):
         for name in names[r % len(names):] + names[:r % len(names)]:
-            runs[name]()
+            warm, end = 0, time.perf_counter() + WARMUP_S
+            while warm < 3 or time.perf_counter() < end:
+                runs[name]()
+                warm += 1
             times, end = [], time.perf_counter() + budget
             while not times or (len(times) < repeat and time.perf_counter() < end):
                 t0 = time.perf_counter()
