@@ -1,6 +1,7 @@
 """tvmcompress: a model-compression compiler on Apache TVM."""
 
-from tvmcompress import runtime
+# threads: sets TVM_NUM_THREADS to the physical cores at import, before TVM's pool starts
+from tvmcompress import runtime, threads  # noqa: F401
 from tvmcompress.api import CompiledModel, compile
 from tvmcompress.config import CompressConfig, PassConfig, register_pass
 from tvmcompress.errors import (
