@@ -25,6 +25,7 @@ from tvm.script import tirx as T
 from tvm.target import Target
 
 from tvmcompress.schedules.cpu import common
+from tvmcompress.schedules.tvmscript import frames_without_source
 
 SPLIT = 4  # independent accumulators over the block list of a one-row product
 MAX_ROWS = 8  # rows of x per register tile: rows accumulator vectors + 1 + a broadcast
@@ -77,38 +78,39 @@ def bsr_matmul(shape: SparseShape, relu: bool = False, cores: int = 1) -> tirx.P
     chunks = max(1, min(cores, panels * tiles))
     per = (panels * tiles + chunks - 1) // chunks
 
-    @T.prim_func(private=True)
-    def kernel(x: T.Buffer((m, k), "float32"), data: T.Buffer((nnz_buf, bk, bn), dtype),
-               indices: T.Buffer((nnz_buf,), "int32"), indptr: T.Buffer((panels + 1,), "int32"),
-               scale: T.Buffer((n,), "float32"), bias: T.Buffer((n,), "float32"),
-               y: T.Buffer((m, n), "float32")):
-        T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True})
-        for t in T.parallel(chunks) if chunks > 1 else T.serial(1):
-            acc = T.alloc_buffer((split, mr, bn), "float32")  # stack, kept in registers
-            for jm in T.serial(t * per, T.min(t * per + per, panels * tiles)):
-                j = jm % panels
-                row0 = jm // panels * mr
-                start = indptr[j]
-                count = indptr[j + 1] - start
-                for s in T.unroll(split):
+    with frames_without_source():  # parsed here, closure variables in reach
+        @T.prim_func(private=True)
+        def kernel(x: T.Buffer((m, k), "float32"), data: T.Buffer((nnz_buf, bk, bn), dtype),
+                   indices: T.Buffer((nnz_buf,), "int32"), indptr: T.Buffer((panels + 1,), "int32"),
+                   scale: T.Buffer((n,), "float32"), bias: T.Buffer((n,), "float32"),
+                   y: T.Buffer((m, n), "float32")):
+            T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True})
+            for t in T.parallel(chunks) if chunks > 1 else T.serial(1):
+                acc = T.alloc_buffer((split, mr, bn), "float32")  # stack, kept in registers
+                for jm in T.serial(t * per, T.min(t * per + per, panels * tiles)):
+                    j = jm % panels
+                    row0 = jm // panels * mr
+                    start = indptr[j]
+                    count = indptr[j + 1] - start
+                    for s in T.unroll(split):
+                        for r in T.unroll(mr):
+                            for c in T.vectorized(bn):
+                                acc[s, r, c] = T.float32(0)
+                    for q in T.serial((count + split - 1) // split):
+                        for s in T.unroll(split):
+                            if q * split + s < count:
+                                p = start + q * split + s
+                                col = indices[p] * bk
+                                for kk in T.unroll(bk):
+                                    for r in T.unroll(mr):
+                                        for c in T.vectorized(bn):
+                                            acc[s, r, c] = acc[s, r, c] + x[row0 + r, col + kk] * \
+                                                T.Cast("float32", data[p, kk, c])
                     for r in T.unroll(mr):
                         for c in T.vectorized(bn):
-                            acc[s, r, c] = T.float32(0)
-                for q in T.serial((count + split - 1) // split):
-                    for s in T.unroll(split):
-                        if q * split + s < count:
-                            p = start + q * split + s
-                            col = indices[p] * bk
-                            for kk in T.unroll(bk):
-                                for r in T.unroll(mr):
-                                    for c in T.vectorized(bn):
-                                        acc[s, r, c] = acc[s, r, c] + x[row0 + r, col + kk] * \
-                                            T.Cast("float32", data[p, kk, c])
-                for r in T.unroll(mr):
-                    for c in T.vectorized(bn):
-                        y[row0 + r, j * bn + c] = T.max(
-                            _total(acc, r, c, split) * scale[j * bn + c] + bias[j * bn + c],
-                            T.float32(lo))
+                            y[row0 + r, j * bn + c] = T.max(
+                                _total(acc, r, c, split) * scale[j * bn + c] + bias[j * bn + c],
+                                T.float32(lo))
 
     return kernel
 

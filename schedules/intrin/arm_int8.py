@@ -9,6 +9,7 @@ from tvm.s_tir import TensorIntrin
 from tvm.script import tirx as T
 
 from tvmcompress.schedules.intrin.x86_int8 import _desc, name, splat
+from tvmcompress.schedules.tvmscript import frames_without_source
 
 DOT_SDOT = "tvmcompress_neon_dot_4x4_s8s8s32_sdot"
 SHAPE = ("int8", "int8", 4, 4)
@@ -32,6 +33,7 @@ def _impl(scope: str):
     return impl
 
 
-for _scope in ("global", "local"):
-    TensorIntrin.register(name(DOT_SDOT, _scope), _desc("int8", "int8", 4, _scope, 4),
-                          _impl(_scope), override=True)
+with frames_without_source():
+    for _scope in ("global", "local"):
+        TensorIntrin.register(name(DOT_SDOT, _scope), _desc("int8", "int8", 4, _scope, 4),
+                              _impl(_scope), override=True)

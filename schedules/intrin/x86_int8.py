@@ -22,6 +22,8 @@ from __future__ import annotations
 from tvm.s_tir import TensorIntrin
 from tvm.script import tirx as T
 
+from tvmcompress.schedules.tvmscript import frames_without_source
+
 LANES = 8
 DOT_U8S8 = "tvmcompress_avx2_dot_8x4_u8s8s32"
 DOT_S16 = "tvmcompress_avx2_dot_8x2_s16s16s32"
@@ -131,11 +133,12 @@ def name(intrin: str, scope: str) -> str:
     return intrin if scope == "global" else f"{intrin}_{scope}"
 
 
-for _scope in ("global", "local"):
-    TensorIntrin.register(name(DOT_U8S8, _scope), _desc("uint8", "int8", 4, _scope),
-                          _impl_u8s8(_scope), override=True)
-    TensorIntrin.register(name(DOT_S16, _scope), _desc("int16", "int16", 2, _scope),
-                          _impl_s16(_scope), override=True)
-    for _intrin, _vnni in ((DOT_VNNI, True), (DOT_AVX512, False)):
-        TensorIntrin.register(name(_intrin, _scope), _desc("uint8", "int8", 4, _scope, 16),
-                              _impl_avx512(_scope, _vnni), override=True)
+with frames_without_source():
+    for _scope in ("global", "local"):
+        TensorIntrin.register(name(DOT_U8S8, _scope), _desc("uint8", "int8", 4, _scope),
+                              _impl_u8s8(_scope), override=True)
+        TensorIntrin.register(name(DOT_S16, _scope), _desc("int16", "int16", 2, _scope),
+                              _impl_s16(_scope), override=True)
+        for _intrin, _vnni in ((DOT_VNNI, True), (DOT_AVX512, False)):
+            TensorIntrin.register(name(_intrin, _scope), _desc("uint8", "int8", 4, _scope, 16),
+                                  _impl_avx512(_scope, _vnni), override=True)
