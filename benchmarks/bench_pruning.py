@@ -25,12 +25,17 @@ from tvmcompress import zoo_vision
 from tvmcompress.passes.prune_structured import PruneConfig
 from tvmcompress.report import op_stats
 
+WARMUP_S = 0.1  # per variant and round, before its timed runs
+
 
 def _time_ms(compiled, tensors, runs) -> list[float]:
     """The module's ``main`` on inputs already on the device (as ``Runner.benchmark`` times
     it): the numpy conversions of ``compiled.run`` would add the same fixed cost to every
     variant and understate what pruning buys."""
     main, times = compiled.runner._vm["main"], []
+    end = time.perf_counter() + WARMUP_S  # the other variants' weights left the caches
+    while time.perf_counter() < end:
+        main(*tensors)
     for _ in range(runs):
         t0 = time.perf_counter()
         main(*tensors)
