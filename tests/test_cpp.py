@@ -7,6 +7,7 @@ installs them). The first run downloads the aarch64 runtime wheels into the tvmc
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -18,6 +19,7 @@ import pytest
 import tvmcompress as tc
 from tvmcompress import bundle, zoo
 from tvmcompress.errors import ExportError
+from tvmcompress.threads import physical_cores
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO / "examples" / "cpp"
@@ -35,8 +37,10 @@ def _require(*tools: str) -> None:
                     + " ".join(TOOLS[t] for t in missing))
 
 
-def _run(cmd: list, timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run([str(c) for c in cmd], capture_output=True, text=True, timeout=timeout)
+def _run(cmd: list, timeout: float = 120, env: dict | None = None
+         ) -> subprocess.CompletedProcess:
+    return subprocess.run([str(c) for c in cmd], capture_output=True, text=True, timeout=timeout,
+                          env=env)
 
 
 def _check(proc: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
@@ -151,6 +155,18 @@ def test_x86_default_inputs(export, x86_runner, workdir):
     expected = module.run([x.reshape(spec["shape"])])
     actual = _run_bundle(x86_runner, directory, None, workdir / "out-default")
     assert np.array_equal(actual["y"], expected["y"])
+
+
+def test_x86_threads_default_to_physical_cores(export, x86_runner, workdir):
+    """The app sets TVM_NUM_THREADS to the physical cores unless the user set a count (TVM
+    alone takes half the logical CPUs on x86: one thread on a 2-core machine without SMT)."""
+    directory = export("cnn", "host")
+    app = _install(x86_runner, directory)
+    clean = {k: v for k, v in os.environ.items() if k not in ("TVM_NUM_THREADS", "OMP_NUM_THREADS")}
+    runs = {n: _check(_run([app, directory, "--out", workdir / f"out-threads-{n}"], env=env))
+            for n, env in (("default", clean), ("1", {**clean, "TVM_NUM_THREADS": "1"}))}
+    assert f"threads {physical_cores()}\n" in runs["default"].stdout
+    assert "threads 1\n" in runs["1"].stdout
 
 
 @pytest.mark.parametrize("board", BOARDS)

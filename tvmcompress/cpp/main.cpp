@@ -98,6 +98,8 @@ int Run(int argc, char** argv) {
   }
   tvmcompress::Model model(bundle, device, device_id);
   std::cout << "model " << model.directory() << " (" << model.device() << ")\n";
+  const char* threads = std::getenv("TVM_NUM_THREADS");  // Model set it, unless the user did
+  std::cout << "threads " << (threads ? threads : "TVM's default") << "\n";
   if (!files.empty() && files.size() != model.inputs().size())
     throw tvmcompress::Error("got " + std::to_string(files.size()) + " input file(s), the model takes " +
                              std::to_string(model.inputs().size()) + ": " +

@@ -8,11 +8,13 @@
 #pragma once
 
 #include <dlfcn.h>
+#include <sched.h>
 #include <sys/stat.h>
 
 #include <cstdint>
 #include <cstdlib>
 #include <fstream>
+#include <set>
 #include <sstream>
 #include <stdexcept>
 #include <string>
@@ -121,6 +123,29 @@ inline std::vector<TensorInfo> parse_specs(const ffi::json::Object& manifest, co
   }
   return specs;
 }
+/*! \brief Physical cores among the CPUs this process may run on (from sysfs; 0 when unknown).
+ *  TVM's pool takes half the logical CPUs on x86 when TVM_NUM_THREADS is unset, assuming
+ *  hyper-threads: one thread on a 2-core machine without SMT. */
+inline int physical_cores() {
+  cpu_set_t mask;
+  if (::sched_getaffinity(0, sizeof(mask), &mask) != 0) return 0;
+  std::set<std::string> cores;
+  for (int cpu = 0; cpu < CPU_SETSIZE; ++cpu) {
+    if (!CPU_ISSET(cpu, &mask)) continue;
+    std::ifstream f("/sys/devices/system/cpu/cpu" + std::to_string(cpu) +
+                    "/topology/thread_siblings_list");
+    std::string siblings;
+    if (!std::getline(f, siblings)) return 0;
+    cores.insert(siblings);
+  }
+  return static_cast<int>(cores.size());
+}
+/*! \brief TVM_NUM_THREADS = physical cores unless the user set it (or OMP_NUM_THREADS); TVM
+ *  reads it once, when the first parallel kernel runs. Same default as the Python package. */
+inline void default_threads() {
+  if (std::getenv("TVM_NUM_THREADS") || std::getenv("OMP_NUM_THREADS")) return;
+  if (int cores = physical_cores()) ::setenv("TVM_NUM_THREADS", std::to_string(cores).c_str(), 0);
+}
 }  // namespace detail
 
 class Model {
@@ -132,6 +157,7 @@ class Model {
                  int device_id = 0)
       : dir_(detail::absolute_dir(bundle_dir)) {
     namespace ffi = tvm::ffi;
+    detail::default_threads();
     const std::string manifest_path = dir_ + "/manifest.json";
     std::ifstream file(manifest_path, std::ios::binary);
     if (!file) throw Error(dir_ + " is not a tvmcompress export: no readable manifest.json");
