@@ -25,8 +25,9 @@ _TILE_ACCUMULATORS = 12
 
 
 def window_kind(block: tirx.SBlock) -> bool | None:
-    """None unless ``block`` is an NCHWc window reduction; else whether it is dense (the input
-    read does not depend on the output channel, so one broadcast feeds ``vecs`` vectors).
+    """None unless ``block`` is an NCHWc window reduction (of NCHWc input, or NCHW input for a
+    conv whose input channels fill no vector); else whether it is dense (the input read does
+    not depend on the output channel, so one broadcast feeds ``vecs`` vectors).
     Unit channel-block or height axes are normalized away (constant indices)."""
     from tvmcompress.schedules.cpu.conv2d import _vars
 
@@ -40,7 +41,8 @@ def window_kind(block: tirx.SBlock) -> bool | None:
     if not (w.same_as(spatial[-2]) and v.same_as(spatial[-1])):
         return None
     reads = [r for r in block.reads if not r.source.same_as(write.source)]
-    data = [r for r in reads if len(r.region) == 5 and w in _vars(r.region[-2:-1])]
+    data = [r for r in reads if (len(r.region) == 5 and w in _vars(r.region[-2:-1]))
+            or (len(r.region) == 4 and w in _vars(r.region[-1:]))]  # NCHW input, dense
     weights = [r for r in reads if len(r.region) in (5, 6) and not _vars(r.region) & {h, w}]
     if len(data) != 1 or len(reads) not in (1, 2) or len(data) + len(weights) != len(reads):
         return None

@@ -26,7 +26,7 @@ from tvm.relax.expr_functor import PyExprMutator, mutator
 from tvm.target import Target
 
 from tvmcompress.schedules.cpu import common
-from tvmcompress.schedules.cpu.pack_conv import conv_output_size
+from tvmcompress.schedules.cpu.pack_conv import conv_output_size, pack_np
 
 
 def block_width(target: Target) -> int:
@@ -38,7 +38,11 @@ def nchwc_conv2d(data: te.Tensor, weight: te.Tensor, strides, padding, dilation,
                  groups: int) -> te.Tensor:
     """``out[n, o // b, y, x, o % b]`` of data ``[N, C / b, H, W, b]`` and weight
     ``[O / b, I / groups, KH, KW, b]``. Dense convs reduce over (ic block, ky, kx, ic lane),
-    so the innermost reduction reads contiguous input; depthwise convs read the same lane."""
+    so the innermost reduction reads contiguous input; depthwise convs read the same lane.
+    Plain NCHW data (a stem conv over 3 input channels, see ``_Rewriter._blocked``) gives the
+    same blocked output from a dense conv."""
+    if len(data.shape) == 4:
+        return _nchw_in_conv2d(data, weight, strides, padding, dilation)
     n, _, height, width, b = (int(d) for d in data.shape)
     if len(weight.shape) == 6:  # dense, [O / b, I / b, KH, KW, b (in), b (out)]: see pack_dense
         panels, in_blocks, kh, kw, _, _ = (int(d) for d in weight.shape)
@@ -78,12 +82,77 @@ def nchwc_conv2d(data: te.Tensor, weight: te.Tensor, strides, padding, dilation,
     return te.compute(shape, grouped, name="conv2d_nchwc")
 
 
+def _nchw_in_conv2d(data: te.Tensor, weight: te.Tensor, strides, padding,
+                    dilation) -> te.Tensor:
+    """Dense conv of NCHW ``data`` into NCHWc, weight ``[O / b, I, KH, KW, b]``."""
+    n, in_ch, height, width = (int(d) for d in data.shape)
+    panels, _, kh, kw, b = (int(d) for d in weight.shape)
+    (sh, sw), (dh, dw) = strides, dilation
+    top, left, bottom, right = padding
+    out_h, out_w = conv_output_size((height, width), (kh, kw), strides, padding, dilation)
+    if any(padding):
+        data = topi.nn.pad(data, [0, 0, top, left], [0, 0, bottom, right], name="pad_temp")
+    rc = te.reduce_axis((0, in_ch), name="rc")
+    ry, rx = te.reduce_axis((0, kh), name="ry"), te.reduce_axis((0, kw), name="rx")
+    return te.compute((n, panels, out_h, out_w, b), lambda bi, o, y, x, v: te.sum(
+        data[bi, rc, y * sh + ry * dh, x * sw + rx * dw] * weight[o, rc, ry, rx, v],
+        axis=[rc, ry, rx]), name="conv2d_nchwc")
+
+
 def pack_dense(weight: np.ndarray) -> np.ndarray:
     """[O / b, I, KH, KW, b] -> [O / b, I / b, KH, KW, b (in), b (out)]: the reduction order
     (in block, ky, kx, in lane) then walks the weight panel contiguously."""
     panels, in_ch, kh, kw, b = weight.shape
     return np.ascontiguousarray(weight.reshape(panels, in_ch // b, b, kh, kw, b)
                                 .transpose(0, 1, 3, 4, 2, 5))
+
+
+_POOLS = {"relax.nn.max_pool2d": relax.op.nn.max_pool2d,
+          "relax.nn.avg_pool2d": relax.op.nn.avg_pool2d}
+_UNARY = {f"relax.{n}" for n in ("nn.relu", "clip", "sigmoid", "tanh", "nn.silu", "nn.gelu",
+                                 "nn.gelu_tanh", "nn.leakyrelu", "exp", "negative")}
+_BINARY = {f"relax.{n}" for n in ("add", "subtract", "multiply", "divide", "maximum",
+                                  "minimum")}
+
+
+def _static_shape(expr: relax.Expr) -> list[int] | None:
+    ty = expr.ty
+    dims = getattr(getattr(ty, "shape", None), "values", None)
+    if not isinstance(ty, relax.TensorType) or dims is None \
+            or not all(isinstance(d, tvm.tirx.IntImm) for d in dims):
+        return None
+    return [int(d) for d in dims]
+
+
+def _blocks(attrs, b: int) -> bool:
+    """Whether a layout_transform's index map is NCHW -> NCHW{b}c (probed at one point)."""
+    if len(attrs.index_map.initial_indices) != 4:
+        return False
+    try:
+        mapped = attrs.index_map.map_indices([0, b + 3, 5, 7])
+        return [int(i) for i in mapped] == [0, 1, 5, 7, 3]
+    except (TypeError, ValueError, tvm.TVMError):
+        return False
+
+
+def _blocked_const(expr: relax.Expr, b: int) -> relax.Expr | None:
+    """A constant operand of a tail op in NCHW{b}c: scalars as they are, per-channel
+    ``[1, C, 1, 1]`` / ``[C, 1, 1]`` blocked; None for anything else."""
+    if not isinstance(expr, Constant):
+        return None
+    value = expr.value.numpy()
+    if value.size == 1:
+        return relax.const(value.reshape(()), str(value.dtype)) if value.ndim else expr
+    if value.ndim == 4 and value.shape[0] == 1 and value.shape[2:] == (1, 1) \
+            and value.shape[1] % b == 0:
+        c = value.shape[1]
+        return relax.const(np.ascontiguousarray(value.reshape(1, c // b, b, 1, 1)
+                                                .transpose(0, 1, 3, 4, 2)))
+    if value.ndim == 3 and value.shape[1:] == (1, 1) and value.shape[0] % b == 0:
+        c = value.shape[0]
+        return relax.const(np.ascontiguousarray(value.reshape(c // b, b, 1, 1)
+                                                .transpose(0, 2, 3, 1)))
+    return None
 
 
 def _is_scalar_const(expr: relax.Expr) -> bool:
@@ -93,12 +162,20 @@ def _is_scalar_const(expr: relax.Expr) -> bool:
 @mutator
 class _Rewriter(PyExprMutator):
     """``mode`` "clip": frontend ``call_tir(maximum|minimum, (x, scalar))`` -> Relax ops;
-    "pad": typed pad values for layout transforms; "conv": NCHWc conv2d ->
-    ``call_te(nchwc_conv2d)``."""
+    "sink": a transform into NCHWc of an NCHW conv's output (and its element-wise/pool tail)
+    becomes that conv writing NCHWc; "pad": typed pad values for layout transforms; "conv":
+    NCHWc conv2d -> ``call_te(nchwc_conv2d)``."""
 
-    def __init__(self, mod: tvm.IRModule, mode: str, layout: str):
+    def __init__(self, mod: tvm.IRModule, mode: str, layout: str, func=None):
         super().__init__(mod)
         self.mod_, self.mode, self.layout = mod, mode, layout
+        self.var2val, self.uses = {}, {}
+        if func is not None and mode == "sink":
+            self.var2val = relax.analysis.get_var2val(func)
+            for block in func.body.blocks:
+                if isinstance(block, relax.DataflowBlock):
+                    for var, users in relax.analysis.udchain(block).items():
+                        self.uses[var] = len(users)
 
     def visit_call_(self, call: relax.Call) -> relax.Expr:
         call = super().visit_call_(call)
@@ -106,8 +183,16 @@ class _Rewriter(PyExprMutator):
             return self._clip(call)
         if self.mode == "pad":
             return self._typed_pad(call)
-        if call.op != tvm.ir.Op.get("relax.nn.conv2d") or call.attrs.data_layout != self.layout:
+        if self.mode == "sink":
+            return self._sink(call)
+        if call.op != tvm.ir.Op.get("relax.nn.conv2d") or self.layout not in (
+                call.attrs.data_layout, call.attrs.out_layout):
             return call
+        if call.attrs.data_layout == "NCHW":  # made by _blocked: packed weight, dense
+            return self.builder_.call_te(
+                nchwc_conv2d, call.args[0], call.args[1],
+                [int(s) for s in call.attrs.strides], [int(p) for p in call.attrs.padding],
+                [int(d) for d in call.attrs.dilation], 1, primfunc_name_hint="conv2d_nchwc")
         attrs = call.attrs
         dtype = str(call.args[0].ty.dtype)
         if dtype not in ("float32", "float16") or str(call.args[1].ty.dtype) != dtype \
@@ -134,6 +219,64 @@ class _Rewriter(PyExprMutator):
             attrs.dilation, attrs.groups, out_dtype=attrs.out_dtype))
         return relax.op.layout_transform(out, lambda n, c, h, w: (n, c // b, h, w, c % b))
 
+    def _sink(self, call: relax.Call) -> relax.Expr:
+        """``layout_transform(tail(conv(x)))`` NCHW -> NCHWc: the conv writes NCHWc and its
+        tail runs blocked (ConvertLayout keeps a conv whose input channels fill no vector,
+        e.g. a 3-channel stem, in NCHW and moves its whole output map afterwards)."""
+        if call.op != tvm.ir.Op.get("relax.layout_transform") or call.attrs.pad_value is not None:
+            return call
+        b = int(self.layout[4:-1])
+        x = call.args[0]
+        shape = _static_shape(x)
+        if shape is None or len(shape) != 4 or shape[1] % b or not _blocks(call.attrs, b):
+            return call
+        blocked = self._blocked(x, b)
+        return call if blocked is None else blocked
+
+    def _blocked(self, var: relax.Expr, b: int) -> relax.Expr | None:
+        """``var`` (NCHW, read once) recomputed in NCHW{b}c, or None."""
+        value = self.var2val.get(var) if isinstance(var, relax.Var) else None
+        if self.uses.get(var) != 1 or not isinstance(value, relax.Call) \
+                or not isinstance(value.op, tvm.ir.Op):
+            return None
+        name, args, attrs = value.op.name, value.args, value.attrs
+        if name == "relax.nn.conv2d":
+            return self._blocked_conv(value, b)
+        if name in _POOLS:
+            if attrs.layout != "NCHW" or attrs.out_layout != "NCHW":
+                return None
+            inner = self._blocked(args[0], b)
+            return None if inner is None else self.builder_.emit(_POOLS[name](
+                inner, attrs.pool_size, attrs.strides, attrs.padding, attrs.dilation,
+                attrs.ceil_mode, attrs.count_include_pad, layout=self.layout))
+        if name in _UNARY:
+            inner = self._blocked(args[0], b)
+            return None if inner is None else self.builder_.emit(
+                relax.Call(value.op, [inner, *args[1:]], attrs))
+        if name in _BINARY and len(args) == 2:
+            for i in (0, 1):
+                const = _blocked_const(args[1 - i], b)
+                if const is not None:
+                    inner = self._blocked(args[i], b)
+                    operands = [inner, const] if i == 0 else [const, inner]
+                    return None if inner is None else self.builder_.emit(
+                        relax.Call(value.op, operands, attrs))
+        return None
+
+    def _blocked_conv(self, conv: relax.Call, b: int) -> relax.Expr | None:
+        attrs, (data, weight) = conv.attrs, conv.args
+        dtype = str(data.ty.dtype)
+        if (attrs.data_layout, attrs.kernel_layout, attrs.out_layout) != ("NCHW", "OIHW", "NCHW") \
+                or int(attrs.groups) != 1 or not isinstance(weight, Constant) \
+                or dtype not in ("float32", "float16") or str(weight.ty.dtype) != dtype \
+                or str(attrs.out_dtype) not in ("None", "", "void", dtype):
+            return None
+        packed = pack_np(weight.value.numpy(), b)
+        return self.builder_.emit(relax.op.nn.conv2d(
+            self.visit_expr(data), relax.const(packed), attrs.strides, attrs.padding,
+            attrs.dilation, 1, data_layout="NCHW", kernel_layout=f"OIHW{b}o",
+            out_layout=self.layout, out_dtype=attrs.out_dtype))
+
     def _typed_pad(self, call: relax.Call) -> relax.Expr:
         """Legalization pads a bool tensor's layout transform with a number, which cannot
         lower; masks between convs (``where(x > t, ..)``) move as uint8 instead."""
@@ -158,11 +301,12 @@ class _Rewriter(PyExprMutator):
 
 
 def _rewrite(mod: tvm.IRModule, mode: str, layout: str) -> tvm.IRModule:
-    rewriter = _Rewriter(mod, mode, layout)
-    for gv, func in mod.functions_items():
+    for gv, func in list(mod.functions_items()):
         if isinstance(func, relax.Function):
+            rewriter = _Rewriter(mod, mode, layout, func)  # sink: reads func's bindings
             rewriter.builder_.update_func(gv, rewriter.visit_expr(func))
-    return relax.transform.DeadCodeElimination()(rewriter.builder_.finalize())
+            mod = rewriter.builder_.finalize()
+    return relax.transform.DeadCodeElimination()(mod)
 
 
 def to_nchwc(target: Target) -> tvm.transform.Pass:
@@ -177,9 +321,11 @@ def to_nchwc(target: Target) -> tvm.transform.Pass:
             return mod
         mod = _rewrite(mod, "clip", layout)
         mod = relax.transform.ConvertLayout({"relax.nn.conv2d": [layout, f"OIHW{b}o"]})(mod)
+        mod = relax.transform.EliminateCommonSubexpr()(mod)  # one transform per tensor
+        mod = _rewrite(mod, "sink", layout)
         mod = _rewrite(mod, "pad", layout)
         mod = relax.transform.FoldConstant()(mod)
-        mod = relax.transform.EliminateCommonSubexpr()(mod)  # one transform per tensor
+        mod = relax.transform.EliminateCommonSubexpr()(mod)
         return _rewrite(mod, "conv", layout)
 
     return _pass

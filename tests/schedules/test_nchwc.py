@@ -46,16 +46,58 @@ def _ops(mod: tvm.IRModule) -> list[str]:
 
 
 def test_layout_pass_blocks_whole_vector_convs(host_target):
-    """The stem (3 input channels) stays NCHW; the depthwise and 1x1 convs become NCHWc
-    kernels with pre-packed weights; ReLU6 is Relax ops again, no call_tir of maximum."""
+    """The stem (3 input channels) reads NCHW and writes NCHWc itself, its ReLU6 follows;
+    the depthwise and 1x1 convs are NCHWc kernels with pre-packed weights; ReLU6 is Relax ops
+    again, no call_tir of maximum; the one transform left is the model's output."""
     mod = tc.load(chain()).mod
     with host_target:
         out = tvm.transform.Sequential(layout_passes(host_target))(mod)
     ops = _ops(out)
-    assert sum(o.startswith("conv2d_nchwc") for o in ops) == 2
-    assert ops.count("relax.nn.conv2d") + sum(o.startswith("conv2d_packed") for o in ops) == 1
+    assert sum(o.startswith("conv2d_nchwc") for o in ops) == 3
+    assert ops.count("relax.nn.conv2d") + sum(o.startswith("conv2d_packed") for o in ops) == 0
     assert "relax.minimum" in ops and not any(o.startswith("minimum") for o in ops)
-    assert ops.count("relax.layout_transform") == 2  # into the block layout and back out
+    assert ops.count("relax.layout_transform") == 1  # back out of the block layout
+
+
+def stem_residual(second_reader: bool = False) -> tc.Model:
+    """ResNet-style stem: conv 3 -> 16 with bias -> ReLU -> MaxPool 3x3/2 -> depthwise conv
+    -> + the pooled map (residual) -> per-channel scale. With ``second_reader`` the stem's
+    ReLU output is also added to the model's output (upsampled by a strided slice of it)."""
+    nodes = [oh.make_node("Conv", ["x", "w0", "b0"], ["a"], kernel_shape=[3, 3], pads=[1] * 4,
+                          strides=[2, 2]),
+             oh.make_node("Relu", ["a"], ["r"]),
+             oh.make_node("MaxPool", ["r"], ["p"], kernel_shape=[3, 3], strides=[2, 2],
+                          pads=[1] * 4),
+             oh.make_node("Conv", ["p", "w1"], ["d"], kernel_shape=[3, 3], pads=[1] * 4,
+                          group=16),
+             oh.make_node("Add", ["d", "p"], ["s"]),
+             oh.make_node("Mul", ["s", "scale"], ["y0" if second_reader else "y"])]
+    if second_reader:
+        nodes += [oh.make_node("MaxPool", ["r"], ["q"], kernel_shape=[2, 2], strides=[2, 2]),
+                  oh.make_node("Add", ["y0", "q"], ["y"])]
+    params = weights(3, w0=(16, 3, 3, 3), b0=(16,), w1=(16, 1, 3, 3), scale=(1, 16, 1, 1))
+    return onnx_model(nodes, {"x": [1, 3, 24, 24]}, ("y", [1, 16, 6, 6]), params)
+
+
+def test_stem_writes_blocked_output_through_its_tail(host_target):
+    """conv -> bias -> ReLU -> max-pool all run in NCHWc: no transform of the stem's map, and
+    the residual and per-channel scale match unscheduled TVM."""
+    model = stem_residual()
+    with host_target:
+        ops = _ops(nchwc.to_nchwc(host_target)(tc.load(model).mod))
+    assert sum(o.startswith("conv2d_nchwc") for o in ops) == 2
+    assert ops.count("relax.layout_transform") == 1 and "relax.nn.conv2d" not in ops
+    assert_parity(model)
+
+
+def test_stem_read_twice_keeps_its_layout(host_target):
+    """A second reader of the stem's NCHW map: moving the stem would compute it twice, so
+    it stays NCHW with a transform, and the outputs still match."""
+    model = stem_residual(second_reader=True)
+    with host_target:
+        ops = _ops(nchwc.to_nchwc(host_target)(tc.load(model).mod))
+    assert ops.count("relax.nn.conv2d") == 1
+    assert_parity(model)
 
 
 def test_layout_pass_leaves_unaligned_convs(host_target):
