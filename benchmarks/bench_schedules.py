@@ -126,7 +126,8 @@ def main() -> None:
     args = parser.parse_args()
     ghz, peak = peak_gflops()
     print(f"load average before: {os.getloadavg()}  (shared machine, {THREADS} threads)")
-    print(f"peak fp32: {peak:.0f} GFLOP/s ({THREADS} cores x 32 FLOP/cycle x {ghz:.2f} GHz)")
+    print(f"peak fp32: {peak:.0f} GFLOP/s ({THREADS} cores x 32 FLOP/cycle x {ghz:.2f} GHz, the "
+          "clock /proc/cpuinfo reports; a VM hides boost clocks, so % peak can exceed 100)")
     print(f"cases: {args.cases}; {args.rounds} interleaved rounds, medians")
     header = (f"{'case':<12}{'ORT ms':>9}{'plain ms':>11}{'x ORT':>8}{'tvmc ms':>10}{'x ORT':>7}"
               f"{'compile s':>11}{'ORT GF/s':>10}{'tvmc GF/s':>11}{'% peak':>8}")
