@@ -20,13 +20,13 @@ from __future__ import annotations
 
 import numpy as np
 import tvm
-from tvm import relax, te, topi
+from tvm import relax, te
 from tvm.ir.expr import Constant
 from tvm.relax.expr_functor import PyExprMutator, mutator
 from tvm.target import Target
 
 from tvmcompress.schedules.cpu import common
-from tvmcompress.schedules.cpu.pack_conv import conv_output_size, pack_np
+from tvmcompress.schedules.cpu.pack_conv import pack_np, padded_window
 
 
 def block_width(target: Target) -> int:
@@ -43,19 +43,14 @@ def nchwc_conv2d(data: te.Tensor, weight: te.Tensor, strides, padding, dilation,
     same blocked output from a dense conv."""
     if len(data.shape) == 4:
         return _nchw_in_conv2d(data, weight, strides, padding, dilation)
-    n, _, height, width, b = (int(d) for d in data.shape)
+    n, b = int(data.shape[0]), int(data.shape[-1])
     if len(weight.shape) == 6:  # dense, [O / b, I / b, KH, KW, b (in), b (out)]: see pack_dense
         panels, in_blocks, kh, kw, _, _ = (int(d) for d in weight.shape)
         in_per_group = in_blocks * b
     else:
         panels, in_per_group, kh, kw, _ = (int(d) for d in weight.shape)
     (sh, sw), (dh, dw) = strides, dilation
-    top, left, bottom, right = padding
-    out_h, out_w = conv_output_size((height, width), (kh, kw), strides, padding, dilation)
-    if any(padding):
-        data = topi.nn.pad(data, [0, 0, top, left, 0], [0, 0, bottom, right, 0],
-                           name="pad_temp")
-    ry, rx = te.reduce_axis((0, kh), name="ry"), te.reduce_axis((0, kw), name="rx")
+    data, out_h, out_w, ry, rx = padded_window(data, (kh, kw), strides, padding, dilation)
     shape = (n, panels, out_h, out_w, b)
     out_per_group = panels * b // groups
 
@@ -85,15 +80,11 @@ def nchwc_conv2d(data: te.Tensor, weight: te.Tensor, strides, padding, dilation,
 def _nchw_in_conv2d(data: te.Tensor, weight: te.Tensor, strides, padding,
                     dilation) -> te.Tensor:
     """Dense conv of NCHW ``data`` into NCHWc, weight ``[O / b, I, KH, KW, b]``."""
-    n, in_ch, height, width = (int(d) for d in data.shape)
+    n, in_ch = int(data.shape[0]), int(data.shape[1])
     panels, _, kh, kw, b = (int(d) for d in weight.shape)
     (sh, sw), (dh, dw) = strides, dilation
-    top, left, bottom, right = padding
-    out_h, out_w = conv_output_size((height, width), (kh, kw), strides, padding, dilation)
-    if any(padding):
-        data = topi.nn.pad(data, [0, 0, top, left], [0, 0, bottom, right], name="pad_temp")
+    data, out_h, out_w, ry, rx = padded_window(data, (kh, kw), strides, padding, dilation)
     rc = te.reduce_axis((0, in_ch), name="rc")
-    ry, rx = te.reduce_axis((0, kh), name="ry"), te.reduce_axis((0, kw), name="rx")
     return te.compute((n, panels, out_h, out_w, b), lambda bi, o, y, x, v: te.sum(
         data[bi, rc, y * sh + ry * dh, x * sw + rx * dw] * weight[o, rc, ry, rx, v],
         axis=[rc, ry, rx]), name="conv2d_nchwc")

@@ -45,19 +45,29 @@ def conv_output_size(size, kernel, strides, padding, dilation) -> tuple[int, int
             (width + left + right - (kw - 1) * dw - 1) // sw + 1)
 
 
+def padded_window(data: te.Tensor, kernel, strides, padding, dilation):
+    """(padded ``data``, out_h, out_w, ry, rx) for a window over axes 2 and 3 (H, W) of an
+    NCHW or NCHWc tensor: the prologue every conv compute shares."""
+    height, width = int(data.shape[2]), int(data.shape[3])
+    top, left, bottom, right = padding
+    out_h, out_w = conv_output_size((height, width), kernel, strides, padding, dilation)
+    if any(padding):
+        rest = [0] * (len(data.shape) - 4)
+        data = topi.nn.pad(data, [0, 0, top, left, *rest], [0, 0, bottom, right, *rest],
+                           name="pad_temp")
+    ry, rx = te.reduce_axis((0, kernel[0]), name="ry"), te.reduce_axis((0, kernel[1]), name="rx")
+    return data, out_h, out_w, ry, rx
+
+
 def packed_conv2d(data: te.Tensor, packed: te.Tensor, strides, padding, dilation,
                   groups: int) -> te.Tensor:
     """NCHW conv2d reading ``packed`` [O / v, I / groups, KH, KW, v]."""
-    n, _, height, width_ = (int(d) for d in data.shape)
+    n = int(data.shape[0])
     panels, in_per_group, kh, kw, v = (int(d) for d in packed.shape)
     (sh, sw), (dh, dw) = strides, dilation
-    top, left, bottom, right = padding
-    out_h, out_w = conv_output_size((height, width_), (kh, kw), strides, padding, dilation)
-    if any(padding):
-        data = topi.nn.pad(data, [0, 0, top, left], [0, 0, bottom, right], name="pad_temp")
+    data, out_h, out_w, ry, rx = padded_window(data, (kh, kw), strides, padding, dilation)
     out_per_group = panels * v // groups
     rc = te.reduce_axis((0, in_per_group), name="rc")
-    ry, rx = te.reduce_axis((0, kh), name="ry"), te.reduce_axis((0, kw), name="rx")
 
     def body(b, o, y, x):
         channel = o // out_per_group * in_per_group + rc
