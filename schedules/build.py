@@ -32,6 +32,7 @@ from tvmcompress.schedules.records import apply_database
 from tvmcompress.targets import TargetPreset
 
 LAID_OUT = "tvmcompress.laid_out"
+_INJECTIVE, _OPAQUE = 2, 8  # TVM's OpPatternKind values (kInjective, kOpaque)
 
 
 @dataclass
@@ -89,9 +90,34 @@ def fusion_passes(target: tvm.target.Target) -> list[tvm.transform.Pass]:
     """Everything before scheduling: library dispatch, our layout changes, legalize, fuse.
     Tuning extracts its kernels after these, so workloads match the ones builds schedule."""
     backend = _backend(target)
-    fuse = [p for p in backend.legalize_passes(target)
-            if not isinstance(p, dl.ApplyDefaultSchedule)]
+    fuse = []
+    for p in backend.legalize_passes(target):
+        if not isinstance(p, dl.ApplyDefaultSchedule):
+            fuse.append(p)
+        if p.info.name == "AnnotateTIROpPattern":
+            fuse.append(_layout_transforms_injective())
     return backend.library_dispatch_passes(target) + layout_passes(target) + fuse
+
+
+def _layout_transforms_injective() -> tvm.transform.Pass:
+    """TVM's pattern analysis calls a legalized ``layout_transform`` opaque (its index map
+    divides), so FuseOps left each one a kernel of its own: an extra pass over the tensor
+    between NCHWc and int8 NCHW kernels (a transform, then a pad/reshape/transpose). It is a
+    pure re-indexing: injective, and now it fuses with its injective neighbours."""
+
+    @tvm.transform.module_pass(opt_level=0, name="LayoutTransformsInjective")
+    def mark(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
+        marked = {gv: func.with_attr("op_pattern", _INJECTIVE)
+                  for gv, func in mod.functions_items()
+                  if isinstance(func, tvm.tirx.PrimFunc) and func.attrs is not None
+                  and gv.name_hint.startswith("te_layout_transform")
+                  and func.attrs.get("op_pattern") == _OPAQUE}
+        if not marked:
+            return mod
+        return tvm.IRModule({**dict(mod.functions_items()), **marked}, attrs=mod.attrs,
+                            global_infos=mod.global_infos)
+
+    return mark
 
 
 def relax_pipeline(target: tvm.target.Target, info: BuildInfo,
