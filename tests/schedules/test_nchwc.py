@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import tvm
 from onnx import helper as oh
-from schedule_helpers import assert_parity, onnx_model, weights
+from schedule_helpers import assert_parity, build_module, onnx_model, run, weights
 from tvm import relax
 
 import tvmcompress as tc
@@ -173,3 +173,27 @@ def test_expand_conv_parity_and_register_tile():
     asm = "".join(m.inspect_source("asm") for m in compiled.executable.mod.imports)
     assert "vfmadd" in asm
     assert "TVMBackendAllocWorkspace" not in asm
+
+
+def test_layout_transform_fuses_with_injective_neighbours(host_target):
+    """NCHW8c -> NCHW -> [N, C/4, H, W, 4] (what sits between an NCHWc kernel and an int8
+    conv) is one kernel, not a transform kernel and then a reshape/transpose kernel, and it
+    moves the bytes exactly (TVM's pattern analysis calls a layout_transform opaque)."""
+    x = relax.Var("x", relax.TensorType((1, 3, 5, 7, 8), "uint8"))
+    bb = relax.BlockBuilder()
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            y = bb.emit(relax.op.layout_transform(x, lambda n, c, h, w, v: (n, c * 8 + v, h, w)))
+            y = bb.emit(relax.op.reshape(y, (1, 6, 4, 5, 7)))
+            out = bb.emit_output(relax.op.permute_dims(y, [0, 1, 3, 4, 2]))
+        bb.emit_func_output(out)
+    with host_target:
+        fused = tvm.transform.Sequential(build_module.fusion_passes(host_target))(bb.get())
+    kernels = [gv.name_hint for gv, f in fused.functions_items()
+               if isinstance(f, tvm.tirx.PrimFunc)]
+    assert kernels == ["fused_te_layout_transform_reshape_transpose"]
+    data = np.random.default_rng(0).integers(0, 256, (1, 3, 5, 7, 8), dtype=np.uint8)
+    executable, info = build_module.build(bb.get(), resolve_target("host"))
+    assert info.unscheduled == []
+    expected = data.transpose(0, 1, 4, 2, 3).reshape(1, 6, 4, 5, 7).transpose(0, 1, 3, 4, 2)
+    np.testing.assert_array_equal(run(executable, [data]), expected)
