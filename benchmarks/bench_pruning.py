@@ -52,7 +52,6 @@ def bench(name, size, ratios, rounds, runs):
     for ratio in ratios:
         cfg = tc.CompressConfig(passes=[PruneConfig(ratio=ratio)] if ratio else [])
         compiled = tc.compile(model, config=cfg)
-        compiled.run(inputs)  # warm up
         tensors = compiled.runner.prepare(inputs)
         macs = sum(s.macs for s in op_stats(compiled.ir).values())
         params = sum(s.params for s in op_stats(compiled.ir).values())

@@ -8,13 +8,24 @@ import logging
 import math
 
 import tvm
-from tvm import s_tir, tirx
+from tvm import relax, s_tir, tirx
 from tvm.s_tir import dlight as dl
 from tvm.s_tir.dlight.analysis import SBlockInfo, normalize_prim_func
 from tvm.s_tir.dlight.base import try_inline_contiguous_spatial
 from tvm.target import Target, codegen
 
 logger = logging.getLogger(__name__)
+
+
+def static_shape(expr: relax.Expr) -> list[int] | None:
+    """The dims of a Relax tensor expression when all are known integers, else None."""
+    ty = expr.ty
+    if not isinstance(ty, relax.TensorType) or ty.shape is None:
+        return None
+    dims = ty.shape.values if hasattr(ty.shape, "values") else None
+    if dims is None or not all(isinstance(d, tvm.tirx.IntImm) for d in dims):
+        return None
+    return [int(d) for d in dims]
 
 
 def is_cpu(target: Target) -> bool:

@@ -105,13 +105,6 @@ def conv_te(x: te.Tensor, wp: te.Tensor, strides, dilation) -> te.Tensor:
         name="int8_conv", attrs={"schedule_rule": RULE})
 
 
-def _shape(expr: relax.Expr) -> list[int] | None:
-    try:
-        return [int(d) for d in expr.ty.shape.values]
-    except (TypeError, AttributeError):
-        return None
-
-
 def _operand(x: relax.Expr, intrin: str) -> relax.Expr:
     """The activation in the intrinsic's A dtype (int8 -> uint8 by +128)."""
     a_dtype = SHAPES[intrin][0]
@@ -143,7 +136,7 @@ class _Int8Packer(PyExprMutator):
             return call
         x, w = call.args[0], call.args[1].value.numpy()
         if str(x.ty.dtype) not in _INTS or str(call.ty.dtype) != "int32" \
-                or not np.issubdtype(w.dtype, np.integer) or _shape(x) is None:
+                or not np.issubdtype(w.dtype, np.integer) or common.static_shape(x) is None:
             return call
         is_conv = call.op == tvm.ir.Op.get("relax.nn.conv2d")
         intrin = self.force or choose_intrin(w, self.features)
@@ -158,7 +151,7 @@ class _Int8Packer(PyExprMutator):
         return self._conv(call, x, w, intrin)
 
     def _matmul(self, call, x, w, intrin):
-        shape = _shape(x)
+        shape = common.static_shape(x)
         if w.ndim != 2 or len(shape) < 2 or w.shape[1] % SHAPES[intrin][3]:
             return call
         k, r = shape[-1], SHAPES[intrin][2]
@@ -177,7 +170,7 @@ class _Int8Packer(PyExprMutator):
             return call
         if w.shape[0] % SHAPES[intrin][3]:
             return self._group_conv(call, x)
-        n, c, h, wd = _shape(x)
+        n, c, h, wd = common.static_shape(x)
         r = SHAPES[intrin][2]
         top, left, bottom, right = (int(p) for p in a.padding)
         cp = c + (-c % r)

@@ -106,15 +106,6 @@ _BINARY = {f"relax.{n}" for n in ("add", "subtract", "multiply", "divide", "maxi
                                   "minimum")}
 
 
-def _static_shape(expr: relax.Expr) -> list[int] | None:
-    ty = expr.ty
-    dims = getattr(getattr(ty, "shape", None), "values", None)
-    if not isinstance(ty, relax.TensorType) or dims is None \
-            or not all(isinstance(d, tvm.tirx.IntImm) for d in dims):
-        return None
-    return [int(d) for d in dims]
-
-
 def _blocks(attrs, b: int) -> bool:
     """Whether a layout_transform's index map is NCHW -> NCHW{b}c (probed at one point)."""
     if len(attrs.index_map.initial_indices) != 4:
@@ -134,16 +125,19 @@ def _blocked_const(expr: relax.Expr, b: int) -> relax.Expr | None:
     value = expr.value.numpy()
     if value.size == 1:
         return relax.const(value.reshape(()), str(value.dtype)) if value.ndim else expr
-    if value.ndim == 4 and value.shape[0] == 1 and value.shape[2:] == (1, 1) \
-            and value.shape[1] % b == 0:
-        c = value.shape[1]
-        return relax.const(np.ascontiguousarray(value.reshape(1, c // b, b, 1, 1)
-                                                .transpose(0, 1, 3, 4, 2)))
-    if value.ndim == 3 and value.shape[1:] == (1, 1) and value.shape[0] % b == 0:
-        c = value.shape[0]
-        return relax.const(np.ascontiguousarray(value.reshape(c // b, b, 1, 1)
-                                                .transpose(0, 2, 3, 1)))
-    return None
+    if value.ndim not in (3, 4) or value.shape[:-3] not in ((), (1,)) \
+            or value.shape[-2:] != (1, 1) or value.shape[-3] % b:
+        return None
+    lead, c = value.shape[:-3], value.shape[-3]
+    blocked = value.reshape(*lead, c // b, b, 1, 1)  # lanes to the end: [.., C / b, 1, 1, b]
+    return relax.const(np.ascontiguousarray(np.moveaxis(blocked, -3, -1)))
+
+
+def _float_conv(conv: relax.Call) -> bool:
+    """Whether our NCHWc kernel computes ``conv``: float32/float16 data, weight and output."""
+    dtype = str(conv.args[0].ty.dtype)
+    return dtype in ("float32", "float16") and str(conv.args[1].ty.dtype) == dtype \
+        and str(conv.attrs.out_dtype) in ("None", "", "void", dtype)
 
 
 def _is_scalar_const(expr: relax.Expr) -> bool:
@@ -179,22 +173,15 @@ class _Rewriter(PyExprMutator):
         if call.op != tvm.ir.Op.get("relax.nn.conv2d") or self.layout not in (
                 call.attrs.data_layout, call.attrs.out_layout):
             return call
-        if call.attrs.data_layout == "NCHW":  # made by _blocked: packed weight, dense
-            return self.builder_.call_te(
-                nchwc_conv2d, call.args[0], call.args[1],
-                [int(s) for s in call.attrs.strides], [int(p) for p in call.attrs.padding],
-                [int(d) for d in call.attrs.dilation], 1, primfunc_name_hint="conv2d_nchwc")
-        attrs = call.attrs
-        dtype = str(call.args[0].ty.dtype)
-        if dtype not in ("float32", "float16") or str(call.args[1].ty.dtype) != dtype \
-                or str(attrs.out_dtype) not in ("None", "", "void", dtype):
-            return self._back_to_nchw(call)  # ConvertLayout moved every conv; TOPI can't
-        weight, b = call.args[1], int(call.args[0].ty.shape[-1])
-        if isinstance(weight, Constant) and int(attrs.groups) == 1 \
-                and int(weight.value.shape[1]) % b == 0:
-            weight = relax.const(pack_dense(weight.value.numpy()))
+        attrs, (data, weight) = call.attrs, call.args
+        if attrs.data_layout == self.layout:  # else NCHW data from _blocked: weight packed
+            if not _float_conv(call):
+                return self._back_to_nchw(call)  # ConvertLayout moved every conv; TOPI can't
+            if isinstance(weight, Constant) and int(attrs.groups) == 1 \
+                    and int(weight.value.shape[1]) % int(data.ty.shape[-1]) == 0:
+                weight = relax.const(pack_dense(weight.value.numpy()))
         return self.builder_.call_te(
-            nchwc_conv2d, call.args[0], weight, [int(s) for s in attrs.strides],
+            nchwc_conv2d, data, weight, [int(s) for s in attrs.strides],
             [int(p) for p in attrs.padding], [int(d) for d in attrs.dilation],
             int(attrs.groups), primfunc_name_hint="conv2d_nchwc")
 
@@ -218,7 +205,7 @@ class _Rewriter(PyExprMutator):
             return call
         b = int(self.layout[4:-1])
         x = call.args[0]
-        shape = _static_shape(x)
+        shape = common.static_shape(x)
         if shape is None or len(shape) != 4 or shape[1] % b or not _blocks(call.attrs, b):
             return call
         blocked = self._blocked(x, b)
@@ -256,11 +243,9 @@ class _Rewriter(PyExprMutator):
 
     def _blocked_conv(self, conv: relax.Call, b: int) -> relax.Expr | None:
         attrs, (data, weight) = conv.attrs, conv.args
-        dtype = str(data.ty.dtype)
         if (attrs.data_layout, attrs.kernel_layout, attrs.out_layout) != ("NCHW", "OIHW", "NCHW") \
                 or int(attrs.groups) != 1 or not isinstance(weight, Constant) \
-                or dtype not in ("float32", "float16") or str(weight.ty.dtype) != dtype \
-                or str(attrs.out_dtype) not in ("None", "", "void", dtype):
+                or not _float_conv(conv):
             return None
         packed = pack_np(weight.value.numpy(), b)
         return self.builder_.emit(relax.op.nn.conv2d(

@@ -40,16 +40,6 @@ def packed_matmul(x: te.Tensor, packed: te.Tensor) -> te.Tensor:
     return te.compute((*x.shape[:-1], panels * width), body, name="matmul")
 
 
-def _static_shape(expr: relax.Expr) -> list[int] | None:
-    ty = expr.ty
-    if not isinstance(ty, relax.TensorType) or ty.shape is None:
-        return None
-    dims = ty.shape.values if hasattr(ty.shape, "values") else None
-    if dims is None or not all(isinstance(d, tvm.tirx.IntImm) for d in dims):
-        return None
-    return [int(d) for d in dims]
-
-
 @mutator
 class _Packer(PyExprMutator):
     def __init__(self, mod: tvm.IRModule, target: Target):
@@ -65,7 +55,7 @@ class _Packer(PyExprMutator):
         if call.op != tvm.ir.Op.get("relax.matmul"):
             return call
         weight = call.args[1].value.numpy()
-        x_shape = _static_shape(call.args[0])
+        x_shape = common.static_shape(call.args[0])
         if weight.ndim != 2 or weight.dtype != np.float32 or not x_shape or len(x_shape) < 2 \
                 or str(call.args[0].ty.dtype) != "float32":
             return call
@@ -82,7 +72,8 @@ class _Packer(PyExprMutator):
         weight = call.args[1].value.numpy()
         layouts = (attrs.data_layout, attrs.kernel_layout, attrs.out_layout)
         if layouts != ("NCHW", "OIHW", "NCHW") or weight.dtype != np.float32 \
-                or not _static_shape(call.args[0]) or str(call.args[0].ty.dtype) != "float32" \
+                or not common.static_shape(call.args[0]) \
+                or str(call.args[0].ty.dtype) != "float32" \
                 or str(attrs.out_dtype) not in ("None", "", "void", "float32"):
             return call
         width = pack_conv.panel_width(weight.shape[0], int(attrs.groups), self.target)
