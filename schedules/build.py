@@ -24,7 +24,7 @@ from tvmcompress.schedules.cpu import Conv2d, Elementwise, Matmul
 from tvmcompress.schedules.cpu.int4_matmul import Int4Matmul
 from tvmcompress.schedules.cpu.int8_gemm import Int8Gemm
 from tvmcompress.schedules.cpu.int8_pack import int8_pack
-from tvmcompress.schedules.cpu.nchwc import to_nchwc
+from tvmcompress.schedules.cpu.nchwc import block_width, to_nchwc
 from tvmcompress.schedules.cpu.pack_weights import pack_weights
 from tvmcompress.schedules.cpu.reduction import RowReduction
 from tvmcompress.schedules.guard import Guarded
@@ -66,7 +66,9 @@ def layout_passes(target: tvm.target.Target) -> list[tvm.transform.Pass]:
     """Relax-level layout changes our schedules rely on, run before legalization and fusion
     (no-ops for GPU targets). They run once: a module that went through them is marked, so a
     build of it (e.g. with the packed weights lifted into parameters) does not run them again."""
-    inner = tvm.transform.Sequential([int8_pack(target), to_nchwc(target), pack_weights(target)])
+    inner = tvm.transform.Sequential([
+        int8_pack(target, block=block_width(target)),  # blocked int8 convs: to_nchwc's
+        to_nchwc(target), int8_pack(target), pack_weights(target)])
 
     @tvm.transform.module_pass(opt_level=0, name="TvmCompressLayout")
     def lay_out(mod: tvm.IRModule, _ctx) -> tvm.IRModule:

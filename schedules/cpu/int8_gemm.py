@@ -64,7 +64,8 @@ class Int8Gemm(common.CPURule):
         extents = common.const_extents(sch, loops)
         if extents is None:
             return False
-        if sch.get(main).name_hint == "int8_gemm":  # gemm: batch.., m, n, ko, ki
+        kind = sch.get(main).name_hint
+        if kind == "int8_gemm":  # gemm: batch.., m, n, ko, ki
             # Rows tile the last row axis only: a tile split across a fused (batch, m) axis
             # has bindings tensorize cannot blockize ([8, 128, K] activations fell back to
             # scalar code); the batch axes join the parallel outer loop instead.
@@ -74,7 +75,14 @@ class Int8Gemm(common.CPURule):
             no, nr, ni = sch.split(n, [None, vecs, lanes])
             sch.reorder(no, *batch, mo, ko, mi, nr, ni, ki)
             outer, first = sch.fuse(no, *batch, mo), ko
-        else:  # conv: b, o, h, w, c, kh, kw, ki
+        elif kind == "int8_conv_nchwc":  # b, o / lanes, h, w, lane, c, kh, kw, ki
+            b, o, h, w, oi, c, kh, kw, ki = loops
+            rows, vecs = self.tile(sch, extents[3], extents[1], intrin)
+            wo, wi = sch.split(w, [None, rows])
+            oo, orr = sch.split(o, [None, vecs])
+            sch.reorder(b, oo, h, wo, c, kh, kw, wi, orr, oi, ki)
+            outer, first, mi, nr, ni = sch.fuse(b, oo, h, wo), c, wi, orr, oi
+        else:  # conv writing NCHW: b, o, h, w, c, kh, kw, ki
             b, o, h, w, c, kh, kw, ki = loops
             rows, vecs = self.tile(sch, extents[3], extents[1] // lanes, intrin)
             wo, wi = sch.split(w, [None, rows])
@@ -82,7 +90,7 @@ class Int8Gemm(common.CPURule):
             sch.reorder(b, oo, h, wo, c, kh, kw, wi, orr, oi, ki)
             outer, first, mi, nr, ni = sch.fuse(b, oo, h, wo), c, wi, orr, oi
         _finish(sch, main, epilogue, outer, first, (mi, nr, ni), intrin, math.prod(extents),
-                None if sch.get(main).name_hint == "int8_gemm" else _CHANNELS_LAST)
+                _CHANNELS_LAST if kind == "int8_conv" else None)
         return True
 
 

@@ -105,6 +105,60 @@ def conv_te(x: te.Tensor, wp: te.Tensor, strides, dilation) -> te.Tensor:
         name="int8_conv", attrs={"schedule_rule": RULE})
 
 
+def conv_nchwc_te(x: te.Tensor, wp: te.Tensor, strides, dilation) -> te.Tensor:
+    """Direct conv on a padded NCHW{b}c input ``[N, C/b, H, W, b]``, NCHW{lanes}c int32 output
+    ``[N, O/lanes, OH, OW, lanes]`` (one intrinsic call fills one output block). The reduction
+    walks ``C/r`` groups of ``r`` adjacent channels, ``b/r`` of them per input block, so every
+    call still reads ``r`` contiguous activations."""
+    panels, groups, kh, kw, lanes, r = wp.shape
+    n, _, h, w, b = x.shape
+    per = int(b) // int(r)
+    (sh, sw), (dh, dw) = strides, dilation
+    oh, ow = (h - (kh - 1) * dh - 1) // sh + 1, (w - (kw - 1) * dw - 1) // sw + 1
+    c, y, v, ki = (te.reduce_axis((0, e), nm) for e, nm in ((groups, "c"), (kh, "kh"),
+                                                             (kw, "kw"), (r, "ki")))
+    return te.compute(
+        (n, panels, oh, ow, lanes),
+        lambda b_, o, i, j, lane: te.sum(
+            x[b_, c // per, i * sh + y * dh, j * sw + v * dw, c % per * r + ki].astype("int32")
+            * wp[o, c, y, v, lane, ki].astype("int32"), axis=[c, y, v, ki]),
+        name="int8_conv_nchwc", attrs={"schedule_rule": RULE})
+
+
+def nchwc_conv(builder: relax.BlockBuilder, call: relax.Call,
+               features: tuple[str, ...]) -> relax.Expr | None:
+    """An integer conv that ``ConvertLayout`` moved to NCHW{b}c (data ``[N, C/b, H, W, b]``,
+    constant weight ``OIHW{b}o``) as the packed kernel writing NCHW{b}c itself, so the int8
+    layers of a CNN and the float ones between them share one layout (no transforms around
+    each int8 conv). None when no intrinsic of ``b`` output lanes computes it exactly."""
+    data, weight = call.args
+    a = call.attrs
+    shape = common.static_shape(data)
+    if not isinstance(weight, Constant) or shape is None or len(shape) != 5 \
+            or str(data.ty.dtype) not in _INTS or str(call.ty.dtype) != "int32" \
+            or int(a.groups) != 1 or a.kernel_layout != f"OIHW{shape[-1]}o" \
+            or a.out_layout != a.data_layout:
+        return None
+    b = shape[-1]
+    blocked = weight.value.numpy()  # [O/b, I, KH, KW, b]
+    w = blocked.transpose(0, 4, 1, 2, 3).reshape(-1, *blocked.shape[1:4])
+    intrin = choose_intrin(w, features)
+    if intrin is None or SHAPES[intrin][3] != b or b % SHAPES[intrin][2] \
+            or (intrin == DOT_SDOT and str(data.ty.dtype) != "int8"):
+        return None
+    top, left, bottom, right = (int(p) for p in a.padding)
+    corr = _shift_correction(data, intrin, w, (1, 2, 3))
+    xa = _operand(data, intrin)
+    if top or left or bottom or right:
+        xa = relax.op.nn.pad(xa, [0, 0, 0, 0, top, bottom, left, right, 0, 0],
+                             pad_value=0.0 if corr is None else 128.0)  # = 0 before the shift
+    y = builder.call_te(conv_nchwc_te, builder.emit(xa), relax.const(pack_conv_np(w, intrin)),
+                        [int(s) for s in a.strides], [int(d) for d in a.dilation],
+                        primfunc_name_hint="int8_conv_nchwc")
+    return y if corr is None else relax.op.subtract(
+        y, relax.const(corr.reshape(1, -1, 1, 1, b)))
+
+
 def _operand(x: relax.Expr, intrin: str) -> relax.Expr:
     """The activation in the intrinsic's A dtype (int8 -> uint8 by +128)."""
     a_dtype = SHAPES[intrin][0]
@@ -125,9 +179,10 @@ def _shift_correction(x: relax.Expr, intrin: str, w: np.ndarray, axes) -> np.nda
 
 @mutator
 class _Int8Packer(PyExprMutator):
-    def __init__(self, mod: tvm.IRModule, force: str | None, features: tuple[str, ...]):
+    def __init__(self, mod: tvm.IRModule, force: str | None, features: tuple[str, ...],
+                 block: int):
         super().__init__(mod)
-        self.force, self.features = force, features
+        self.force, self.features, self.block = force, features, block
 
     def visit_call_(self, call: relax.Call) -> relax.Expr:
         call = super().visit_call_(call)
@@ -143,6 +198,8 @@ class _Int8Packer(PyExprMutator):
         if intrin == DOT_SDOT and str(x.ty.dtype) != "int8":
             intrin = None
         if is_conv and (intrin is None or int(call.attrs.groups) != 1):
+            if self._blocked_grouped(call, x, w):
+                return call  # to_nchwc runs it in NCHW{b}c (nchwc_conv2d, int32 sums)
             return self._group_conv(call, x)
         if intrin is None:
             return call
@@ -171,6 +228,9 @@ class _Int8Packer(PyExprMutator):
         if w.shape[0] % SHAPES[intrin][3]:
             return self._group_conv(call, x)
         n, c, h, wd = common.static_shape(x)
+        if self.block and not self.force and SHAPES[intrin][3] == self.block \
+                and c % self.block == 0:
+            return call  # to_nchwc moves it to NCHW{b}c and calls nchwc_conv
         r = SHAPES[intrin][2]
         top, left, bottom, right = (int(p) for p in a.padding)
         cp = c + (-c % r)
@@ -187,6 +247,12 @@ class _Int8Packer(PyExprMutator):
         return y if corr is None else relax.op.subtract(
             y, relax.const(corr.reshape(1, -1, 1, 1)))
 
+    def _blocked_grouped(self, call, x, w) -> bool:
+        """A grouped 8-bit conv whose channels fill ``block``-lane blocks, in deferring mode."""
+        c = common.static_shape(x)[1]
+        return bool(self.block) and not self.force and int(call.attrs.groups) != 1 \
+            and c % self.block == 0 and w.shape[0] % self.block == 0 \
+            and str(w.dtype) in _INTS
 
     def _group_conv(self, call, x):
         """Depthwise/grouped (or channels that fill no vector): a plain NCHW TE kernel for
@@ -200,19 +266,23 @@ class _Int8Packer(PyExprMutator):
             primfunc_name_hint="int8_group_conv")
 
 
-def int8_pack(target: Target, force: str | None = None) -> tvm.transform.Pass:
+def int8_pack(target: Target, force: str | None = None, block: int = 0
+              ) -> tvm.transform.Pass:
     """Relax module pass: every integer ``matmul``/``conv2d`` (groups 1) with a constant weight
     and int32 output becomes a packed TE kernel (x86 with AVX2/AVX-512/VNNI, AArch64 with
     dotprod for int8 activations; no-op elsewhere: plain NEON keeps the generic rules, whose
     vectorized int8 products LLVM lowers to the widening ``smlal``).
-    ``force`` picks the intrinsic regardless of the weight range (tests, benchmarks)."""
+    ``force`` picks the intrinsic regardless of the weight range (tests, benchmarks).
+    ``block``: leave the convs whose channels fill blocks of ``block`` lanes (the intrinsic's
+    output lanes) to the NCHWc pass, which packs them in that layout (``nchwc_conv``); a
+    second run without it packs whatever that pass left in NCHW."""
 
     @tvm.transform.module_pass(opt_level=0, name="Int8Pack")
     def _pass(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
         if not common.is_cpu(target):
             return mod
-        features = _features(target)  # plain NEON: no intrinsic, generic rules (smlal)
-        packer = _Int8Packer(mod, force, features)
+        features = int8_features(target)  # plain NEON: no intrinsic, generic rules (smlal)
+        packer = _Int8Packer(mod, force, features, block)
         for gv, func in mod.functions_items():
             if isinstance(func, relax.Function):
                 packer.builder_.update_func(gv, packer.visit_expr(func))
@@ -221,7 +291,7 @@ def int8_pack(target: Target, force: str | None = None) -> tvm.transform.Pass:
     return _pass
 
 
-def _features(target: Target) -> tuple[str, ...]:
+def int8_features(target: Target) -> tuple[str, ...]:
     from tvm.target import codegen
 
     if not common.is_cpu(target):

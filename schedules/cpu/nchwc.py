@@ -18,6 +18,8 @@ that ``Conv2d`` schedules (``conv2d.py``: channels mode over 5-D outputs).
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import tvm
 from tvm import relax, te
@@ -26,6 +28,7 @@ from tvm.relax.expr_functor import PyExprMutator, mutator
 from tvm.target import Target
 
 from tvmcompress.schedules.cpu import common
+from tvmcompress.schedules.cpu.int8_pack import int8_features, nchwc_conv
 from tvmcompress.schedules.cpu.pack_conv import pack_np, padded_window
 
 
@@ -35,12 +38,13 @@ def block_width(target: Target) -> int:
 
 
 def nchwc_conv2d(data: te.Tensor, weight: te.Tensor, strides, padding, dilation,
-                 groups: int) -> te.Tensor:
+                 groups: int, out_dtype: str | None = None) -> te.Tensor:
     """``out[n, o // b, y, x, o % b]`` of data ``[N, C / b, H, W, b]`` and weight
     ``[O / b, I / groups, KH, KW, b]``. Dense convs reduce over (ic block, ky, kx, ic lane),
     so the innermost reduction reads contiguous input; depthwise convs read the same lane.
     Plain NCHW data (a stem conv over 3 input channels, see ``_Rewriter._blocked``) gives the
-    same blocked output from a dense conv."""
+    same blocked output from a dense conv. ``out_dtype`` (int32 for int8 depthwise and grouped
+    convs): both operands are cast to it before they multiply."""
     if len(data.shape) == 4:
         return _nchw_in_conv2d(data, weight, strides, padding, dilation)
     n, b = int(data.shape[0]), int(data.shape[-1])
@@ -55,23 +59,27 @@ def nchwc_conv2d(data: te.Tensor, weight: te.Tensor, strides, padding, dilation,
     out_per_group = panels * b // groups
 
     def window(bi, c_block, y, x, lane):
-        return data[bi, c_block, y * sh + ry * dh, x * sw + rx * dw, lane]
+        value = data[bi, c_block, y * sh + ry * dh, x * sw + rx * dw, lane]
+        return value if out_dtype is None else value.astype(out_dtype)
+
+    def w(*index):
+        return weight[index] if out_dtype is None else weight[index].astype(out_dtype)
 
     if len(weight.shape) == 6:
         rco = te.reduce_axis((0, in_per_group // b), name="rco")
         rci = te.reduce_axis((0, b), name="rci")
         return te.compute(shape, lambda bi, o, y, x, v: te.sum(
-            window(bi, rco, y, x, rci) * weight[o, rco, ry, rx, rci, v],
+            window(bi, rco, y, x, rci) * w(o, rco, ry, rx, rci, v),
             axis=[rco, ry, rx, rci]), name="conv2d_nchwc")
     if in_per_group == 1 and out_per_group == 1:  # depthwise
         return te.compute(shape, lambda bi, o, y, x, v: te.sum(
-            window(bi, o, y, x, v) * weight[o, 0, ry, rx, v], axis=[ry, rx]),
+            window(bi, o, y, x, v) * w(o, 0, ry, rx, v), axis=[ry, rx]),
             name="conv2d_nchwc")
     rc = te.reduce_axis((0, in_per_group), name="rc")
 
     def grouped(bi, o, y, x, v):
         channel = (o * b + v) // out_per_group * in_per_group + rc
-        return te.sum(window(bi, channel // b, y, x, channel % b) * weight[o, rc, ry, rx, v],
+        return te.sum(window(bi, channel // b, y, x, channel % b) * w(o, rc, ry, rx, v),
                       axis=[rc, ry, rx])
 
     return te.compute(shape, grouped, name="conv2d_nchwc")
@@ -140,20 +148,60 @@ def _float_conv(conv: relax.Call) -> bool:
         and str(conv.attrs.out_dtype) in ("None", "", "void", dtype)
 
 
+_REDUCTIONS = {f"relax.{n}" for n in ("max", "min", "sum", "mean", "prod")}
+
+
+def _reduce_attrs(op: tvm.ir.Op):
+    """Attrs of ``op`` over all axes, keepdims off (built by the op's own constructor)."""
+    probe = getattr(relax.op, op.name[len("relax."):])(relax.Var("t", relax.TensorType([1], "float32")))
+    return probe.attrs
+
+
+def _axis_const(param: relax.Expr, shape: list[int] | None, axis: int):
+    """A quantization parameter (constant scalar, or 1-D along ``axis``) as a numpy array that
+    broadcasts against ``shape``, with its dtype; None when it is neither."""
+    if not isinstance(param, Constant) or shape is None:
+        return None
+    value = param.value.numpy()
+    if value.size == 1:
+        return value.reshape(()), str(value.dtype)
+    axis = axis % len(shape)
+    if value.ndim != 1 or value.shape[0] != shape[axis]:
+        return None
+    return value.reshape([-1 if a == axis else 1 for a in range(len(shape))]), str(value.dtype)
+
+
+def _scalar(value, dtype) -> Constant:
+    """A clip bound (a PrimValue wrapping a number) as a scalar constant of ``dtype``."""
+    value = getattr(value, "value", value)
+    number = np.array(float(getattr(value, "value", value))).astype(str(dtype))
+    return relax.const(number, str(dtype))
+
+
+def _int8_grouped_conv(conv: relax.Call) -> bool:
+    """Whether ``conv`` is a grouped (depthwise) conv of 8-bit data and weights into int32,
+    which ``nchwc_conv2d`` computes (``int8_pack`` leaves these to this pass)."""
+    return int(conv.attrs.groups) > 1 and str(conv.args[0].ty.dtype) in ("int8", "uint8") \
+        and str(conv.args[1].ty.dtype) in ("int8", "uint8") \
+        and str(conv.attrs.out_dtype) == "int32"
+
+
 def _is_scalar_const(expr: relax.Expr) -> bool:
     return isinstance(expr, Constant) and len(expr.value.shape) == 0
 
 
 @mutator
 class _Rewriter(PyExprMutator):
-    """``mode`` "clip": frontend ``call_tir(maximum|minimum, (x, scalar))`` -> Relax ops;
-    "sink": a transform into NCHWc of an NCHW conv's output (and its element-wise/pool tail)
+    """``mode`` "prepare": ops ConvertLayout cannot move into NCHWc become ones it can
+    (frontend ``call_tir(maximum|minimum, (x, scalar))`` and ``clip`` -> Relax maximum/minimum;
+    ``[1, 1, 1, 1]`` per-tensor scales -> 0-d tensors); "sink": a transform into NCHWc of an NCHW conv's output (and its element-wise/pool tail)
     becomes that conv writing NCHWc; "pad": typed pad values for layout transforms; "conv":
     NCHWc conv2d -> ``call_te(nchwc_conv2d)``."""
 
-    def __init__(self, mod: tvm.IRModule, mode: str, layout: str, func=None):
+    def __init__(self, mod: tvm.IRModule, mode: str, layout: str, func=None,
+                 features: tuple[str, ...] = ()):
         super().__init__(mod)
-        self.mod_, self.mode, self.layout = mod, mode, layout
+        self.mod_, self.mode, self.layout, self.features = mod, mode, layout, features
         self.var2val, self.uses = {}, {}
         if func is not None and mode == "sink":
             self.var2val = relax.analysis.get_var2val(func)
@@ -164,8 +212,8 @@ class _Rewriter(PyExprMutator):
 
     def visit_call_(self, call: relax.Call) -> relax.Expr:
         call = super().visit_call_(call)
-        if self.mode == "clip":
-            return self._clip(call)
+        if self.mode == "prepare":
+            return self._prepare(call)
         if self.mode == "pad":
             return self._typed_pad(call)
         if self.mode == "sink":
@@ -174,16 +222,20 @@ class _Rewriter(PyExprMutator):
                 call.attrs.data_layout, call.attrs.out_layout):
             return call
         attrs, (data, weight) = call.attrs, call.args
+        out_dtype = None
         if attrs.data_layout == self.layout:  # else NCHW data from _blocked: weight packed
-            if not _float_conv(call):
-                return self._back_to_nchw(call)  # ConvertLayout moved every conv; TOPI can't
-            if isinstance(weight, Constant) and int(attrs.groups) == 1 \
+            if _int8_grouped_conv(call):  # int8 depthwise: our kernel, int32 sums
+                out_dtype = "int32"
+            elif not _float_conv(call):  # ConvertLayout moved every conv
+                packed = nchwc_conv(self.builder_, call, self.features)  # int8: tensorized
+                return self._back_to_nchw(call) if packed is None else packed  # TOPI can't
+            elif isinstance(weight, Constant) and int(attrs.groups) == 1 \
                     and int(weight.value.shape[1]) % int(data.ty.shape[-1]) == 0:
                 weight = relax.const(pack_dense(weight.value.numpy()))
         return self.builder_.call_te(
             nchwc_conv2d, data, weight, [int(s) for s in attrs.strides],
             [int(p) for p in attrs.padding], [int(d) for d in attrs.dilation],
-            int(attrs.groups), primfunc_name_hint="conv2d_nchwc")
+            int(attrs.groups), out_dtype, primfunc_name_hint="conv2d_nchwc")
 
     def _back_to_nchw(self, call: relax.Call) -> relax.Expr:
         """A conv we have no NCHWc kernel for (integer, float64) as the NCHW conv it was,
@@ -191,9 +243,15 @@ class _Rewriter(PyExprMutator):
         data, weight = call.args
         b, attrs = int(data.ty.shape[-1]), call.attrs
         nchw = relax.op.layout_transform(data, lambda n, c, h, w, v: (n, c * b + v, h, w))
-        oihw = relax.op.layout_transform(weight, lambda o, i, kh, kw, v: (o * b + v, i, kh, kw))
+        if isinstance(weight, Constant):  # a constant again, for int8_pack's second run
+            blocked = weight.value.numpy()
+            oihw = relax.const(blocked.transpose(0, 4, 1, 2, 3).reshape(-1, *blocked.shape[1:4]),
+                               str(blocked.dtype))
+        else:
+            oihw = self.builder_.emit(relax.op.layout_transform(
+                weight, lambda o, i, kh, kw, v: (o * b + v, i, kh, kw)))
         out = self.builder_.emit(relax.op.nn.conv2d(
-            self.builder_.emit(nchw), self.builder_.emit(oihw), attrs.strides, attrs.padding,
+            self.builder_.emit(nchw), oihw, attrs.strides, attrs.padding,
             attrs.dilation, attrs.groups, out_dtype=attrs.out_dtype))
         return relax.op.layout_transform(out, lambda n, c, h, w: (n, c // b, h, w, c % b))
 
@@ -253,6 +311,67 @@ class _Rewriter(PyExprMutator):
             attrs.dilation, 1, data_layout="NCHW", kernel_layout=f"OIHW{b}o",
             out_layout=self.layout, out_dtype=attrs.out_dtype))
 
+    def _scalar_reduction(self, call: relax.Call) -> relax.Expr:
+        """A reduction of a whole 4-D tensor kept as ``[1, 1, 1, 1]`` (a per-tensor scale)
+        reduces to a 0-d tensor first: over NCHWc, ConvertLayout would keep it as a 5-D
+        ``[1, 1, 1, 1, 1]`` "NCHW8c" tensor, whose transform back to NCHW cannot lower."""
+        shape = common.static_shape(call)
+        axes = call.attrs.axis
+        if not call.attrs.keepdims or not shape or any(d != 1 for d in shape) \
+                or (axes is not None and len(axes) != len(shape)):
+            return call
+        whole = self.builder_.emit(relax.Call(call.op, call.args, _reduce_attrs(call.op)))
+        return relax.op.reshape(whole, shape)
+
+    def _elementwise_qdq(self, call: relax.Call) -> relax.Expr:
+        """``quantize``/``dequantize`` with constant parameters as the element-wise ops TVM
+        legalizes them to (same operations, same order: bit-identical), which ConvertLayout
+        moves into NCHWc; as they are, they pinned a QDQ model's unfolded layers to NCHW
+        (a transform on each side)."""
+        x, scale, zero = call.args
+        shape, out = common.static_shape(x), str(call.attrs.out_dtype)
+        params = [_axis_const(p, shape, int(call.attrs.axis)) for p in (scale, zero)]
+        if shape is None or None in params:
+            return call
+        (s, s_dtype), (zp, _) = params
+        if call.op == tvm.ir.Op.get("relax.quantize"):
+            if out not in ("int8", "uint8") or str(x.ty.dtype) != "float32":
+                return call
+            info = np.iinfo(out)
+            t = self.builder_.emit(relax.op.round(relax.op.divide(x, relax.const(s, s_dtype))))
+            t = self.builder_.emit(relax.op.add(t, relax.const(zp.astype("float32"))))
+            t = self.builder_.emit(relax.op.maximum(t, relax.const(float(info.min))))
+            return relax.op.astype(relax.op.minimum(t, relax.const(float(info.max))), out)
+        if out != "float32" or str(x.ty.dtype) not in ("int8", "uint8", "int32") \
+                or s_dtype != "float32":
+            return call
+        t = self.builder_.emit(relax.op.subtract(relax.op.astype(x, "int32"),
+                                                 relax.const(zp.astype("int32"))))
+        return relax.op.multiply(relax.op.astype(t, "float32"), relax.const(s))
+
+    def _broadcast_operands(self, call: relax.Call) -> relax.Expr:
+        """Operands ConvertLayout cannot move into NCHWc, made ones it can: a computed
+        ``[1, 1, 1, 1]`` operand (a dynamic quantization scale) becomes a 0-d tensor (TVM fails
+        with "Cannot broadcast from 5 to 4"; a scalar follows any layout), and a constant of
+        lower rank than the other operand (a ``[C, 1, 1]`` requantize scale) gets its leading
+        unit axes (ConvertLayout only transforms operands of the layout's rank)."""
+        args = list(call.args)
+        ranks = [len(common.static_shape(a) or ()) for a in args]
+        for i, arg in enumerate(args):
+            shape = common.static_shape(arg)
+            rank = max(r for j, r in enumerate(ranks) if j != i)
+            if not shape or rank < len(shape):
+                continue
+            if isinstance(arg, Constant) and 1 < math.prod(shape) and len(shape) < rank == 4:
+                value = arg.value.numpy()
+                args[i] = relax.const(value.reshape((1,) * (rank - len(shape)) + value.shape),
+                                      str(value.dtype))
+            elif not isinstance(arg, Constant) and all(d == 1 for d in shape):
+                args[i] = self.builder_.emit(relax.op.reshape(arg, []))
+                ranks[i] = 0
+        return call if all(a is b for a, b in zip(args, call.args)) else \
+            relax.Call(call.op, args, call.attrs)
+
     def _typed_pad(self, call: relax.Call) -> relax.Expr:
         """Legalization pads a bool tensor's layout transform with a number, which cannot
         lower; masks between convs (``where(x > t, ..)``) move as uint8 instead."""
@@ -263,7 +382,17 @@ class _Rewriter(PyExprMutator):
         moved = self.builder_.emit(relax.op.layout_transform(as_bytes, call.attrs.index_map))
         return relax.op.astype(moved, "bool")
 
-    def _clip(self, call: relax.Call) -> relax.Expr:
+    def _prepare(self, call: relax.Call) -> relax.Expr:
+        if isinstance(call.op, tvm.ir.Op) and call.op.name in _BINARY:
+            return self._broadcast_operands(call)
+        if isinstance(call.op, tvm.ir.Op) and call.op.name in _REDUCTIONS:
+            return self._scalar_reduction(call)
+        if call.op in (tvm.ir.Op.get("relax.quantize"), tvm.ir.Op.get("relax.dequantize")):
+            return self._elementwise_qdq(call)
+        if call.op == tvm.ir.Op.get("relax.clip"):  # no layout rule in ConvertLayout
+            x, lo, hi = call.args
+            low = self.builder_.emit(relax.op.maximum(x, _scalar(lo, x.ty.dtype)))
+            return relax.op.minimum(low, _scalar(hi, x.ty.dtype))
         if call.op != tvm.ir.Op.get("relax.call_tir") or len(call.args[1].fields) != 2:
             return call
         name = call.args[0].name_hint
@@ -276,10 +405,11 @@ class _Rewriter(PyExprMutator):
         return op(x, bound)
 
 
-def _rewrite(mod: tvm.IRModule, mode: str, layout: str) -> tvm.IRModule:
+def _rewrite(mod: tvm.IRModule, mode: str, layout: str,
+             features: tuple[str, ...] = ()) -> tvm.IRModule:
     for gv, func in list(mod.functions_items()):
         if isinstance(func, relax.Function):
-            rewriter = _Rewriter(mod, mode, layout, func)  # sink: reads func's bindings
+            rewriter = _Rewriter(mod, mode, layout, func, features)  # sink: reads the bindings
             rewriter.builder_.update_func(gv, rewriter.visit_expr(func))
             mod = rewriter.builder_.finalize()
     return relax.transform.DeadCodeElimination()(mod)
@@ -295,13 +425,13 @@ def to_nchwc(target: Target) -> tvm.transform.Pass:
     def _pass(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
         if not common.is_cpu(target) or b < 2:
             return mod
-        mod = _rewrite(mod, "clip", layout)
+        mod = _rewrite(mod, "prepare", layout)
         mod = relax.transform.ConvertLayout({"relax.nn.conv2d": [layout, f"OIHW{b}o"]})(mod)
         mod = relax.transform.EliminateCommonSubexpr()(mod)  # one transform per tensor
         mod = _rewrite(mod, "sink", layout)
         mod = _rewrite(mod, "pad", layout)
         mod = relax.transform.FoldConstant()(mod)
         mod = relax.transform.EliminateCommonSubexpr()(mod)
-        return _rewrite(mod, "conv", layout)
+        return _rewrite(mod, "conv", layout, int8_features(target))
 
     return _pass

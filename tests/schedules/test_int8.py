@@ -85,18 +85,69 @@ def test_conv_accumulator_exact(c, o, hw, ksize, stride, pad, wmax, x_dtype):
     w = rng.integers(-wmax, wmax + 1, (o, c, ksize, ksize)).astype(np.int8)
     x = _data(rng, (1, c, hw, hw), x_dtype)
     conv = {"strides": [stride] * 2, "padding": [pad] * 4}
-    out, executable = _build_and_run(_module(x.shape, x_dtype, w, conv), x)
+    mod = _module(x.shape, x_dtype, w, conv)
+    out, executable = _build_and_run(mod, x)
     np.testing.assert_array_equal(out, _reference_conv(x, w, stride, pad))
     assert "llvm.x86.avx2.pmadd" in executable.mod.imports[0].inspect_source("ll")
+    kernels = [gv.name_hint for gv in fused(mod, resolve_target("host").tvm_target).functions
+               if "int8_conv" in gv.name_hint]
+    # channels that fill 8-lane blocks: the conv reads and writes NCHW8c itself
+    assert len(kernels) == 1 and ("int8_conv_nchwc" in kernels[0]) == (c % 8 == 0), kernels
 
 
-def test_depthwise_conv_exact_through_generic_rule():
-    rng = np.random.default_rng(3)
-    w = rng.integers(-127, 128, (24, 1, 3, 3)).astype(np.int8)
-    x = _data(rng, (1, 24, 10, 10), "uint8")
-    conv = {"strides": [1, 1], "padding": [1] * 4, "groups": 24}
-    out, _ = _build_and_run(_module(x.shape, "uint8", w, conv), x)
-    np.testing.assert_array_equal(out, _reference_conv(x, w, 1, 1, groups=24))
+def test_int8_convs_share_the_float_convs_blocked_layout():
+    """fp32 depthwise conv -> quantize -> int8 1x1 conv -> dequantize -> fp32 1x1 conv -> int8
+    3x3 conv: every kernel reads and writes NCHW8c, so layout transforms are left only at the
+    entry and the exit (between each int8 conv and its float neighbours there were two), and
+    the output equals TVM's unscheduled NCHW build."""
+    rng = np.random.default_rng(5)
+    dw = rng.standard_normal((16, 1, 3, 3)).astype(np.float32)
+    w8 = rng.integers(-64, 65, (32, 16, 1, 1)).astype(np.int8)
+    fp = rng.standard_normal((16, 32, 1, 1)).astype(np.float32) * 0.1
+    w3 = rng.integers(-127, 128, (24, 16, 3, 3)).astype(np.int8)  # 8-bit: the int16 path
+    scale = rng.uniform(0.01, 0.02, (1, 32, 1, 1)).astype(np.float32)
+
+    def quantize(bb, t, scale):
+        t = bb.emit(relax.op.round(relax.op.divide(t, relax.const(scale, "float32"))))
+        return bb.emit(relax.op.astype(relax.op.clip(t, 0, 255), "uint8"))
+
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType((1, 16, 12, 12), "float32"))
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            t = bb.emit(relax.op.nn.relu(relax.op.nn.conv2d(x, relax.const(dw), padding=1,
+                                                            groups=16)))
+            t = bb.emit(relax.op.nn.conv2d(quantize(bb, t, 0.02), relax.const(w8),
+                                           out_dtype="int32"))
+            t = bb.emit(relax.op.multiply(relax.op.astype(t, "float32"), relax.const(scale)))
+            t = bb.emit(relax.op.nn.conv2d(t, relax.const(fp)))
+            out = bb.emit_output(relax.op.nn.conv2d(quantize(bb, t, 0.05), relax.const(w3),
+                                                    padding=1, out_dtype="int32"))
+        bb.emit_func_output(out)
+    mod = bb.get()
+    target = resolve_target("host").tvm_target
+    kernels = [gv.name_hint for gv in fused(mod, target).functions]
+    assert sum("int8_conv_nchwc" in k for k in kernels) == 2, kernels
+    assert sum("layout_transform" in k for k in kernels) == 2, kernels
+    data = rng.standard_normal((1, 16, 12, 12)).astype(np.float32)
+    out, _ = _build_and_run(mod, data)
+    np.testing.assert_array_equal(out, run(unscheduled_build(mod, target), [data]))
+
+
+@pytest.mark.parametrize(("c", "hw", "k", "stride", "x_dtype"), [
+    (24, 10, 3, 1, "uint8"), (32, 7, 3, 2, "int8"), (16, 9, 5, 1, "uint8"), (12, 10, 3, 1, "int8")])
+def test_depthwise_conv_exact(c, hw, k, stride, x_dtype):
+    """int8 depthwise convs with int32 sums: NCHW8c kernels when the channels fill 8-lane
+    blocks (12 do not: the generic NCHW rule)."""
+    rng = np.random.default_rng(c + hw)
+    w = rng.integers(-127, 128, (c, 1, k, k)).astype(np.int8)
+    x = _data(rng, (1, c, hw, hw), x_dtype)
+    conv = {"strides": [stride] * 2, "padding": [k // 2] * 4, "groups": c}
+    mod = _module(x.shape, x_dtype, w, conv)
+    out, _ = _build_and_run(mod, x)
+    np.testing.assert_array_equal(out, _reference_conv(x, w, stride, k // 2, groups=c))
+    kernels = [gv.name_hint for gv in fused(mod, resolve_target("host").tvm_target).functions]
+    assert ("conv2d_nchwc" in kernels) == (c % 8 == 0), kernels
 
 
 def test_intrinsic_choice_and_packing():

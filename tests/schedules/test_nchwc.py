@@ -8,7 +8,14 @@ import numpy as np
 import pytest
 import tvm
 from onnx import helper as oh
-from schedule_helpers import assert_parity, build_module, onnx_model, run, weights
+from schedule_helpers import (
+    assert_parity,
+    build_module,
+    onnx_model,
+    run,
+    unscheduled_build,
+    weights,
+)
 from tvm import relax
 
 import tvmcompress as tc
@@ -197,3 +204,39 @@ def test_layout_transform_fuses_with_injective_neighbours(host_target):
     assert info.unscheduled == []
     expected = data.transpose(0, 1, 4, 2, 3).reshape(1, 6, 4, 5, 7).transpose(0, 1, 3, 4, 2)
     np.testing.assert_array_equal(run(executable, [data]), expected)
+
+
+def test_quantize_dequantize_follow_the_blocked_layout(host_target):
+    """The QuantizeLinear/DequantizeLinear a pre-quantized model keeps around layers it could
+    not fold (per tensor and per channel) become the element-wise ops TVM legalizes them to,
+    so they run in NCHWc: transforms only at the entry and the exit, where each had one on
+    both sides; outputs bit-identical (integer-valued data: every conv sum is exact)."""
+    rng = np.random.default_rng(7)
+    w0, w1 = (rng.integers(-2, 3, s).astype("float32") for s in ((16, 16, 3, 3), (16, 16, 1, 1)))
+    scales = rng.choice([0.25, 0.5, 1.0], 16).astype("float32")
+
+    def qdq(bb, t, scale, zero, dtype):
+        q = bb.emit(relax.op.quantize(t, scale, zero, axis=1, out_dtype=dtype))
+        return bb.emit(relax.op.dequantize(q, scale, zero, axis=1))
+
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType((1, 16, 6, 6), "float32"))
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            t = bb.emit(relax.op.nn.conv2d(x, relax.const(w0), padding=1))
+            t = qdq(bb, t, relax.const(0.5, "float32"), relax.const(3, "int8"), "int8")
+            t = bb.emit(relax.op.nn.conv2d(t, relax.const(w1)))
+            out = bb.emit_output(qdq(bb, t, relax.const(scales),
+                                     relax.const(np.full(16, 100, "uint8")), "uint8"))
+        bb.emit_func_output(out)
+    mod = bb.get()
+    with host_target:
+        ops = _ops(nchwc.to_nchwc(host_target)(mod))
+    assert "relax.quantize" not in ops and "relax.dequantize" not in ops
+    assert ops.count("relax.layout_transform") == 2, ops
+    data = rng.integers(-3, 4, (1, 16, 6, 6)).astype("float32")
+    executable, info = build_module.build(mod, resolve_target("host"))
+    assert info.unscheduled == []
+    expected = run(unscheduled_build(mod, host_target), [data])
+    np.testing.assert_array_equal(run(executable, [data]), expected)
+    assert len(np.unique(expected)) > 20  # the clip did not flatten everything
