@@ -6,6 +6,8 @@ images (its fused QLinearConv path). MiniLM (b1, b8, seq 128) and the GEMMs 1x76
 128x768x3072: ours = ``int8-dynamic`` (per-token activation scale), onnxruntime =
 ``quantize_dynamic``. 2 threads, interleaved rounds, median of per-round medians (ms).
 Goals: ours int8 <= 0.8x the faster onnxruntime engine; GEMMs >= 1.8x faster than our fp32.
+"ours QDQ" (CNNs): onnxruntime's QDQ model itself, pre-quantized, compiled by us (FoldQDQ);
+"QDQ/ORT QDQ" compares it with onnxruntime running that same model.
 
     python benchmarks/bench_int8.py [--cases gemm1 gemm128 resnet18 mobilenet_v2 minilm minilm8]
         [--rounds 5] [--budget 1.0] [--repeat 20]
@@ -82,12 +84,16 @@ def engines(name: str, tmp: Path) -> dict:
             k: np.concatenate([c[k] for c in calib]) for k in inputs})
     else:
         cfg = QuantizeConfig(scheme="int8-dynamic")
+    int8_path = ort_int8(model, calib, tmp)
+    builds = [("ours int8", loaded, [cfg]), ("ours fp32", loaded, [])]
+    if calib is not None:  # onnxruntime's QDQ model, pre-quantized, compiled by us
+        builds.append(("ours QDQ", tc.load(onnx.load(int8_path)), []))
     runs = {}
-    for label, config in (("ours int8", [cfg]), ("ours fp32", [])):
-        cm = tc.compile(loaded, config=tc.CompressConfig(config))
+    for label, source, config in builds:
+        cm = tc.compile(source, config=tc.CompressConfig(config))
         tensors, main = cm.runner.prepare(inputs), cm.runner._vm["main"]
         runs[label] = (lambda m, t: lambda: m(*t))(main, tensors)
-    for label, path in (("ORT int8", ort_int8(model, calib, tmp)), ("ORT fp32", model)):
+    for label, path in (("ORT int8", int8_path), ("ORT fp32", model)):
         session = reference.ort_session(path, threads=THREADS)
         feed = {i.name: inputs[i.name] for i in session.get_inputs()}
         runs[label] = (lambda s, f: lambda: s.run(None, f))(session, feed)
@@ -101,9 +107,9 @@ def main() -> None:
     parser.add_argument("--budget", type=float, default=1.0)
     parser.add_argument("--repeat", type=int, default=20)
     args = parser.parse_args()
-    cols = ("ours int8", "ORT int8", "ours fp32", "ORT fp32")
+    cols = ("ours int8", "ORT int8", "ours fp32", "ORT fp32", "ours QDQ")
     print(f"{'model':<14}" + "".join(f"{c + ' ms':>14}" for c in cols)
-          + f"{'int8/bestORT':>14}{'fp32/int8':>11}  goals")
+          + f"{'int8/bestORT':>14}{'fp32/int8':>11}{'QDQ/ORT QDQ':>13}  goals")
     for name in args.cases:
         with tempfile.TemporaryDirectory() as tmp:
             ms = time_rounds(engines(name, Path(tmp)), args.rounds, args.budget, args.repeat)
@@ -112,8 +118,10 @@ def main() -> None:
         missed = (["<=0.8x ORT"] if vs_ort > 0.8 else []) + (
             [">=1.8x fp32"] if name.startswith("gemm") and speedup < 1.8 else []) + (
             ["not slower than fp32"] if speedup < 1.0 else [])
-        print(f"{name:<14}" + "".join(f"{ms[c]:>14.3f}" for c in cols)
-              + f"{vs_ort:>14.2f}{speedup:>11.2f}  "
+        qdq = f"{ms['ours QDQ'] / ms['ORT int8']:>13.2f}" if "ours QDQ" in ms else f"{'-':>13}"
+        print(f"{name:<14}" + "".join(f"{ms[c]:>14.3f}" if c in ms else f"{'-':>14}"
+                                      for c in cols)
+              + f"{vs_ort:>14.2f}{speedup:>11.2f}{qdq}  "
               + ("met" if not missed else "MISSED " + ", ".join(missed)), flush=True)
 
 

@@ -86,6 +86,42 @@ def test_float_weights_are_left_alone():
                     "reason": "weight is not on an 8-bit grid"}]
 
 
+def _biased_matmul(bias_int: np.ndarray, shift: float) -> tvm.IRModule:
+    """DQ(x) @ W + bias -> Q, the bias as onnxruntime's import leaves it: ``bias_int *
+    bias_scale`` in float32 (``shift`` moves it off that grid, in accumulator steps)."""
+    rng = np.random.default_rng(2)
+    x_scale, w_scale = np.float32(0.02), np.float32(0.01)
+    acc_scale = np.float32(x_scale * w_scale)
+    q = rng.integers(-127, 128, (16, 4))
+    q[0, 0] = 127  # symmetric grid: the largest |q| is 127
+    w = (q * w_scale).astype("float32")
+    bias = ((bias_int + shift) * acc_scale).astype("float32")
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType((2, 16), "int8"))
+    zero = relax.const(0, "int8")
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            xf = bb.emit(relax.op.dequantize(x, relax.const(x_scale), zero, axis=1))
+            y = bb.emit(relax.op.add(relax.op.matmul(xf, relax.const(w)), relax.const(bias)))
+            out = bb.emit_output(relax.op.quantize(y, relax.const(np.float32(0.5)), zero,
+                                                   axis=1, out_dtype="int8"))
+        bb.emit_func_output(out)
+    return bb.get()
+
+
+def test_large_int32_biases_fold():
+    """Deep layers' int32 biases reach 1e5-2e6 (onnxruntime's ResNet-18): in float32 they sit
+    a few ulps (up to 0.125 absolute) off the accumulator grid and must still fold; a bias
+    really off the grid (by 0.3 steps) stays float."""
+    bias_int = np.array([1421077, -1793468, 113817, 3882], np.int64)
+    with collecting() as log:
+        fold_qdq(_biased_matmul(bias_int, 0.0))
+    assert [row.get("reason") for row in log] == [None]
+    with collecting() as log:
+        fold_qdq(_biased_matmul(np.array([17, -5, 3, 8]), 0.3))
+    assert log[0]["reason"] == "bias is not on the int32 grid of x_scale * w_scale"
+
+
 def test_float_model_is_unchanged(zoo_onnx):
     mod = tc.load(zoo_onnx("mlp"), input_shapes={"x": [1, 64]}).mod
     tvm.ir.assert_structural_equal(fold_qdq(mod), mod)
