@@ -51,9 +51,11 @@ class Int8Gemm(common.CPURule):
         blocks = sch.get_child_blocks(sch.get_sblock("root"))
         tagged = [i for i, b in enumerate(blocks)
                   if sch.get(b).annotations.get("schedule_rule") == RULE]
-        if len(tagged) != 1 or tagged[0] != 0:
+        if len(tagged) != 1:
             return False
-        main, others = blocks[0], blocks[1:]
+        for block in blocks[:tagged[0]]:  # element-wise producers of the epilogue's other
+            sch.compute_inline(block)     # operand (a dequantized residual): read in place
+        main, others = blocks[tagged[0]], blocks[tagged[0] + 1:]
         for block in others[:-1]:  # the elementwise epilogue chain, inlined into its last block
             sch.compute_inline(block)
         epilogue = others[-1] if others else None
