@@ -248,12 +248,23 @@ def test_weight_bits_follow_the_target():
 
 @pytest.mark.parametrize(("preset", "wmax", "instruction"), [
     ("x86-64-vnni", 127, "vpdpbusd"), ("x86-64-avx512", 64, "vpmaddubsw")])
-def test_avx512_builds_use_their_instructions(preset, wmax, instruction):
-    """Compile-only (no AVX-512 here): the 16-lane kernels are in the assembly."""
-    w = np.random.default_rng(0).integers(-wmax, wmax + 1, (64, 32)).astype(np.int8)
-    executable, info = build(_module((4, 64), "uint8", w, None), resolve_target(preset))
+@pytest.mark.parametrize("conv", [False, True])
+def test_avx512_builds_use_their_instructions(preset, wmax, instruction, conv):
+    """Compile-only (no AVX-512 here): the 16-lane kernels are in the assembly; a conv over
+    32 channels runs in NCHW16c, the AVX-512 block."""
+    rng = np.random.default_rng(0)
+    if conv:
+        w = rng.integers(-wmax, wmax + 1, (32, 32, 3, 3)).astype(np.int8)
+        mod = _module((1, 32, 8, 8), "uint8", w, {"padding": [1] * 4})
+    else:
+        mod = _module((4, 64), "uint8", rng.integers(-wmax, wmax + 1, (64, 32)).astype(np.int8),
+                      None)
+    executable, info = build(mod, resolve_target(preset))
     asm = executable.mod.imports[0].inspect_source("asm")
     assert not info.unscheduled and instruction in asm and "zmm" in asm
+    if conv:
+        kernels = [gv.name_hint for gv in fused(mod, resolve_target(preset).tvm_target).functions]
+        assert "int8_conv_nchwc" in kernels
 
 
 @pytest.mark.parametrize(("preset", "instruction"), [
@@ -268,12 +279,17 @@ def test_aarch64_builds_use_dot_products_or_widening_multiplies(preset, instruct
 
 @pytest.mark.parametrize("preset", ["raspberry-pi-4", "raspberry-pi-5"])
 def test_aarch64_int8_convs_build(preset):
-    """Plain and grouped int8 convs stay NCHW kernels the generic rules schedule (NCHWc
-    conversion cannot lower integer convs)."""
+    """NEON's block is 4 channels: a plain int8 conv is an NCHW4c ``sdot`` kernel with
+    dotprod (raspberry-pi-5), a generic NCHW kernel without (raspberry-pi-4, ``smlal``); a
+    depthwise conv is an NCHW4c kernel on both."""
     rng = np.random.default_rng(4)
-    for w, groups in ((rng.integers(-127, 128, (16, 8, 3, 3)), 1),
-                      (rng.integers(-127, 128, (8, 1, 3, 3)), 8)):
+    target = resolve_target(preset)
+    dotprod = preset == "raspberry-pi-5"
+    for w, groups, kernel in ((rng.integers(-127, 128, (16, 8, 3, 3)), 1,
+                               "int8_conv_nchwc" if dotprod else "int8_group_conv"),
+                              (rng.integers(-127, 128, (8, 1, 3, 3)), 8, "conv2d_nchwc")):
         conv = {"strides": [1, 1], "padding": [1] * 4, "groups": groups}
-        _, info = build(_module((1, 8, 6, 6), "int8", w.astype(np.int8), conv),
-                        resolve_target(preset))
+        mod = _module((1, 8, 6, 6), "int8", w.astype(np.int8), conv)
+        _, info = build(mod, target)
         assert not info.unscheduled
+        assert kernel in [gv.name_hint for gv in fused(mod, target.tvm_target).functions]
