@@ -6,12 +6,16 @@ one intrinsic call reads an ``8 x r`` block, contiguous. ``r`` and the operand t
 the weights, known here at compile time: ``r = 4``, u8 x s8 (``vpmaddubsw``) when every weight
 is in [-64, 64] so its int16 pair sums cannot saturate; else ``r = 2``, int16 x int16
 (``vpmaddwd``), exact for any 8/9-bit operands. int8 activations on the u8 path are shifted by
-+128 and ``128 * sum(W)`` is subtracted again in int32 (exact). Conv inputs are padded and
-moved to ``[N, C/r, H, W, r]`` (channels innermost, so ``r`` reduction values are adjacent):
-injective Relax ops that run as one small kernel before the conv. AVX-512 targets get
++128 and ``128 * sum(W)`` is subtracted again in int32 (exact). AVX-512 targets get
 16-lane blocks (``vpdpbusd`` with VNNI, exact for all 8-bit weights), AArch64 with dotprod
-4-lane ``sdot`` blocks (s8 x s8). Grouped/depthwise convs become plain TE kernels here, which
-keeps them NCHW for the generic conv rule.
+4-lane ``sdot`` blocks (s8 x s8).
+
+Convs whose channels fill blocks of the intrinsic's lanes (= the fp32 vector, the NCHWc
+block) are left to ``nchwc.py`` on the first run: ConvertLayout moves them to NCHW{b}c with
+the float convs, and ``nchwc_conv`` packs them there (read ``[N, C/b, H, W, b]``, write
+NCHW{b}c; grouped/depthwise ones become NCHWc kernels with int32 sums). The second run packs
+the rest in NCHW: inputs padded and moved to ``[N, C/r, H, W, r]`` (``r`` reduction values
+adjacent) by injective Relax ops, grouped convs as plain TE kernels for the generic rule.
 """
 
 from __future__ import annotations
