@@ -28,6 +28,7 @@ from tvm.relax.expr_functor import PyExprMutator, mutator
 from tvm.target import Target
 
 from tvmcompress.schedules.cpu import common
+from tvmcompress.schedules.cpu.pack_conv import conv_output_size, unpack_np
 from tvmcompress.schedules.intrin.arm_int8 import DOT_SDOT
 from tvmcompress.schedules.intrin.arm_int8 import SHAPE as _SDOT
 from tvmcompress.schedules.intrin.x86_int8 import (
@@ -98,7 +99,8 @@ def conv_te(x: te.Tensor, wp: te.Tensor, strides, dilation) -> te.Tensor:
     panels, cb, kh, kw, lanes, r = wp.shape
     n, _, h, w, _ = x.shape
     (sh, sw), (dh, dw) = strides, dilation
-    oh, ow = (h - (kh - 1) * dh - 1) // sh + 1, (w - (kw - 1) * dw - 1) // sw + 1
+    oh, ow = conv_output_size((int(h), int(w)), (int(kh), int(kw)), strides, (0,) * 4,
+                              dilation)  # x is padded already
     c, y, v, ki = (te.reduce_axis((0, e), nm) for e, nm in ((cb, "c"), (kh, "kh"), (kw, "kw"),
                                                              (r, "ki")))
     return te.compute(
@@ -118,7 +120,8 @@ def conv_nchwc_te(x: te.Tensor, wp: te.Tensor, strides, dilation) -> te.Tensor:
     n, _, h, w, b = x.shape
     per = int(b) // int(r)
     (sh, sw), (dh, dw) = strides, dilation
-    oh, ow = (h - (kh - 1) * dh - 1) // sh + 1, (w - (kw - 1) * dw - 1) // sw + 1
+    oh, ow = conv_output_size((int(h), int(w)), (int(kh), int(kw)), strides, (0,) * 4,
+                              dilation)  # x is padded already
     c, y, v, ki = (te.reduce_axis((0, e), nm) for e, nm in ((groups, "c"), (kh, "kh"),
                                                              (kw, "kw"), (r, "ki")))
     return te.compute(
@@ -144,8 +147,7 @@ def nchwc_conv(builder: relax.BlockBuilder, call: relax.Call,
             or a.out_layout != a.data_layout:
         return None
     b = shape[-1]
-    blocked = weight.value.numpy()  # [O/b, I, KH, KW, b]
-    w = blocked.transpose(0, 4, 1, 2, 3).reshape(-1, *blocked.shape[1:4])
+    w = unpack_np(weight.value.numpy())  # OIHW{b}o -> OIHW
     intrin = choose_intrin(w, features)
     if intrin is None or SHAPES[intrin][3] != b or b % SHAPES[intrin][2] \
             or (intrin == DOT_SDOT and str(data.ty.dtype) != "int8"):

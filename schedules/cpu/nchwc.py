@@ -29,7 +29,7 @@ from tvm.target import Target
 
 from tvmcompress.schedules.cpu import common
 from tvmcompress.schedules.cpu.int8_pack import int8_features, nchwc_conv
-from tvmcompress.schedules.cpu.pack_conv import pack_np, padded_window
+from tvmcompress.schedules.cpu.pack_conv import pack_np, padded_window, unpack_np
 
 
 def block_width(target: Target) -> int:
@@ -153,8 +153,8 @@ _REDUCTIONS = {f"relax.{n}" for n in ("max", "min", "sum", "mean", "prod")}
 
 def _reduce_attrs(op: tvm.ir.Op):
     """Attrs of ``op`` over all axes, keepdims off (built by the op's own constructor)."""
-    probe = getattr(relax.op, op.name[len("relax."):])(relax.Var("t", relax.TensorType([1], "float32")))
-    return probe.attrs
+    probe = relax.Var("t", relax.TensorType([1], "float32"))
+    return getattr(relax.op, op.name[len("relax."):])(probe).attrs
 
 
 def _axis_const(param: relax.Expr, shape: list[int] | None, axis: int):
@@ -194,9 +194,11 @@ def _is_scalar_const(expr: relax.Expr) -> bool:
 class _Rewriter(PyExprMutator):
     """``mode`` "prepare": ops ConvertLayout cannot move into NCHWc become ones it can
     (frontend ``call_tir(maximum|minimum, (x, scalar))`` and ``clip`` -> Relax maximum/minimum;
-    ``[1, 1, 1, 1]`` per-tensor scales -> 0-d tensors); "sink": a transform into NCHWc of an NCHW conv's output (and its element-wise/pool tail)
-    becomes that conv writing NCHWc; "pad": typed pad values for layout transforms; "conv":
-    NCHWc conv2d -> ``call_te(nchwc_conv2d)``."""
+    quantize/dequantize -> their element-wise ops; per-tensor scales -> 0-d tensors; lower-rank
+    constants -> rank 4); "sink": a transform into NCHWc of an NCHW conv's output (and its
+    element-wise/pool tail) becomes that conv writing NCHWc; "pad": typed pad values for
+    layout transforms; "conv": NCHWc conv2d -> ``call_te(nchwc_conv2d)``, integer convs ->
+    ``int8_pack.nchwc_conv``."""
 
     def __init__(self, mod: tvm.IRModule, mode: str, layout: str, func=None,
                  features: tuple[str, ...] = ()):
@@ -245,8 +247,7 @@ class _Rewriter(PyExprMutator):
         nchw = relax.op.layout_transform(data, lambda n, c, h, w, v: (n, c * b + v, h, w))
         if isinstance(weight, Constant):  # a constant again, for int8_pack's second run
             blocked = weight.value.numpy()
-            oihw = relax.const(blocked.transpose(0, 4, 1, 2, 3).reshape(-1, *blocked.shape[1:4]),
-                               str(blocked.dtype))
+            oihw = relax.const(unpack_np(blocked), str(blocked.dtype))
         else:
             oihw = self.builder_.emit(relax.op.layout_transform(
                 weight, lambda o, i, kh, kw, v: (o * b + v, i, kh, kw)))

@@ -25,6 +25,11 @@ def pack_np(weight: np.ndarray, width: int) -> np.ndarray:
                                 .transpose(0, 2, 3, 4, 1))
 
 
+def unpack_np(packed: np.ndarray) -> np.ndarray:
+    """The inverse of ``pack_np``: [O / width, I, KH, KW, width] -> [O, I, KH, KW]."""
+    return packed.transpose(0, 4, 1, 2, 3).reshape(-1, *packed.shape[1:4])
+
+
 def panel_width(out_channels: int, groups: int, target: Target) -> int:
     """Output channels per packed panel (1 = do not pack): two vectors where the register file
     allows both a 6-pixel row of accumulators and the loads, and a whole number of panels per

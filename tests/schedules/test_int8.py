@@ -136,9 +136,9 @@ def test_int8_convs_share_the_float_convs_blocked_layout():
 
 def test_conv_with_a_dequantized_residual_stays_tensorized():
     """A pre-quantized ResNet's block: int8 conv + dequantize(residual that another conv wrote
-    and quantized, and the next block reads too). FuseOps puts the residual's dequantize first in the conv's kernel; it is
-    computed where the epilogue reads it, and the conv keeps its tensorized kernel (generic
-    loops ran these convs 2.9x slower)."""
+    and quantized, and the next block reads too). FuseOps puts the residual's dequantize first
+    in the conv's kernel; it is computed where the epilogue reads it, and the conv keeps its
+    tensorized kernel (generic loops ran these convs 2.9x slower)."""
     rng = np.random.default_rng(9)
     w = rng.integers(-64, 65, (16, 16, 3, 3)).astype(np.int8)
     w2 = rng.integers(-2, 3, (16, 16, 1, 1)).astype(np.float32)
