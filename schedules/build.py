@@ -27,6 +27,7 @@ from tvmcompress.schedules.cpu.int8_pack import int8_pack
 from tvmcompress.schedules.cpu.nchwc import block_width, to_nchwc
 from tvmcompress.schedules.cpu.pack_weights import pack_weights
 from tvmcompress.schedules.cpu.reduction import RowReduction
+from tvmcompress.schedules.cpu.winograd import Winograd
 from tvmcompress.schedules.guard import Guarded
 from tvmcompress.schedules.records import apply_database
 from tvmcompress.targets import TargetPreset
@@ -58,7 +59,8 @@ def rules_for(target: tvm.target.Target) -> list[dl.ScheduleRule]:
     if "gpu" in target.keys:
         return [dl.gpu.Matmul(), dl.gpu.GEMV(), dl.gpu.Reduction(), dl.gpu.GeneralReduction(),
                 dl.gpu.Fallback()]
-    return [Int8Gemm(), Int4Matmul(), Matmul(), Conv2d(), Elementwise(), RowReduction(),
+    return [Winograd(), Int8Gemm(), Int4Matmul(), Matmul(), Conv2d(), Elementwise(),
+            RowReduction(),
             dl.cpu.GEMV(), dl.cpu.Reduction()]
 
 

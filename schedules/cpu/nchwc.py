@@ -27,7 +27,7 @@ from tvm.ir.expr import Constant
 from tvm.relax.expr_functor import PyExprMutator, mutator
 from tvm.target import Target
 
-from tvmcompress.schedules.cpu import common
+from tvmcompress.schedules.cpu import common, winograd
 from tvmcompress.schedules.cpu.int8_pack import int8_features, nchwc_conv
 from tvmcompress.schedules.cpu.pack_conv import pack_np, padded_window, unpack_np
 
@@ -201,9 +201,10 @@ class _Rewriter(PyExprMutator):
     ``int8_pack.nchwc_conv``."""
 
     def __init__(self, mod: tvm.IRModule, mode: str, layout: str, func=None,
-                 features: tuple[str, ...] = ()):
+                 target: Target | None = None):
         super().__init__(mod)
-        self.mod_, self.mode, self.layout, self.features = mod, mode, layout, features
+        self.mod_, self.mode, self.layout, self.target = mod, mode, layout, target
+        self.features = int8_features(target) if target is not None else ()
         self.var2val, self.uses = {}, {}
         if func is not None and mode == "sink":
             self.var2val = relax.analysis.get_var2val(func)
@@ -231,6 +232,8 @@ class _Rewriter(PyExprMutator):
             elif not _float_conv(call):  # ConvertLayout moved every conv
                 packed = nchwc_conv(self.builder_, call, self.features)  # int8: tensorized
                 return self._back_to_nchw(call) if packed is None else packed  # TOPI can't
+            elif (fast := winograd.rewrite(self.builder_, call, self.target)) is not None:
+                return fast
             elif isinstance(weight, Constant) and int(attrs.groups) == 1 \
                     and int(weight.value.shape[1]) % int(data.ty.shape[-1]) == 0:
                 weight = relax.const(pack_dense(weight.value.numpy()))
@@ -407,10 +410,10 @@ class _Rewriter(PyExprMutator):
 
 
 def _rewrite(mod: tvm.IRModule, mode: str, layout: str,
-             features: tuple[str, ...] = ()) -> tvm.IRModule:
+             target: Target | None = None) -> tvm.IRModule:
     for gv, func in list(mod.functions_items()):
         if isinstance(func, relax.Function):
-            rewriter = _Rewriter(mod, mode, layout, func, features)  # sink: reads the bindings
+            rewriter = _Rewriter(mod, mode, layout, func, target)  # sink: reads the bindings
             rewriter.builder_.update_func(gv, rewriter.visit_expr(func))
             mod = rewriter.builder_.finalize()
     return relax.transform.DeadCodeElimination()(mod)
@@ -433,6 +436,6 @@ def to_nchwc(target: Target) -> tvm.transform.Pass:
         mod = _rewrite(mod, "pad", layout)
         mod = relax.transform.FoldConstant()(mod)
         mod = relax.transform.EliminateCommonSubexpr()(mod)
-        return _rewrite(mod, "conv", layout, int8_features(target))
+        return _rewrite(mod, "conv", layout, target)
 
     return _pass
