@@ -160,11 +160,29 @@ def test_tile_sizes_avx2(width, dense, expected):
 
 def test_tile_sizes_three_vectors_when_channels_allow():
     """12 channel blocks (MobileNetV2's 96): 4 x 3 tiles, 12 accumulators, on 112/56/28-wide
-    maps; a 14-wide map keeps 7 x 1 (its divisors give 3 vectors only 2 rows)."""
+    maps, and on a 14-wide map too, with a guarded tail of 2 rows (its divisors give 3
+    vectors only 2 rows); a 7-wide map keeps 7 x 1 (half its tiles would be tails)."""
     target = tvm.target.Target({"kind": "llvm", "mtriple": "x86_64-linux-gnu",
                                 "mcpu": "znver3"})
-    assert [tile_sizes(12, w, True, target) for w in (112, 56, 28, 14)] == [
-        (4, 3), (4, 3), (4, 3), (7, 1)]
+    assert [tile_sizes(12, w, True, target) for w in (112, 56, 28, 14, 7)] == [
+        (4, 3), (4, 3), (4, 3), (4, 3), (7, 1)]
+
+
+@pytest.mark.parametrize("kernel, stride", [(1, 1), (3, 2)])
+def test_tile_with_a_tail_parity(kernel, stride):
+    """Convs whose 14-wide output takes the 4 x 3 tile with a 2-row tail (a 1x1 conv, and a
+    strided 3x3 one) + bias + ReLU6 match unscheduled TVM; the tile stays a stack buffer (the
+    one workspace the 3x3 conv allocates is its padded input)."""
+    size = 14 * stride
+    nodes = [oh.make_node("Conv", ["x", "w", "b"], ["a"], kernel_shape=[kernel] * 2,
+                          strides=[stride] * 2, pads=[kernel // 2] * 4),
+             oh.make_node("Clip", ["a", "lo", "hi"], ["y"])]
+    params = weights(3, w=(96, 32, kernel, kernel), b=(96,))
+    params |= {"lo": np.array(0, "float32"), "hi": np.array(6, "float32")}
+    compiled = assert_parity(onnx_model(nodes, {"x": [1, 32, size, size]},
+                                        ("y", [1, 96, 14, 14]), params))
+    asm = "".join(m.inspect_source("asm") for m in compiled.executable.mod.imports)
+    assert asm.count("__TVMBackendAllocWorkspace@GOTPCREL") == (kernel > 1)
 
 
 def test_expand_conv_parity_and_register_tile():
