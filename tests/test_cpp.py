@@ -23,7 +23,7 @@ from tvmcompress.threads import physical_cores
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO / "examples" / "cpp"
-MODELS = ("cnn", "transformer")
+MODELS = ("cnn", "transformer", "resnet")  # resnet: Winograd convs on NEON too
 BOARDS = ("raspberry-pi-4", "raspberry-pi-5")
 QEMU = ["qemu-aarch64", "-L", "/usr/aarch64-linux-gnu"]
 TOOLS = {"g++": "g++", "cmake": "cmake", "aarch64-linux-gnu-g++": "g++-aarch64-linux-gnu",

@@ -63,6 +63,30 @@ def cnn():
     return Net()
 
 
+def resnet():
+    """A small ResNet: stem, a basic block at 32x32 and a downsampling one (strided 3x3 conv,
+    strided 1x1 projection) at 16x16, with BatchNorm and residual adds; its stride-1 3x3 convs
+    are the ones our CPU build runs as Winograd (F(4x4) at 32x32, F(2x2) at 16x16)."""
+    torch = _torch()
+    nn = torch.nn
+
+    def conv_bn(cin, cout, k, stride):
+        return nn.Sequential(nn.Conv2d(cin, cout, k, stride, k // 2, bias=False),
+                             nn.BatchNorm2d(cout))
+
+    class Basic(nn.Module):
+        def __init__(self, cin, cout, stride):
+            super().__init__()
+            self.a, self.b = conv_bn(cin, cout, 3, stride), conv_bn(cout, cout, 3, 1)
+            self.skip = conv_bn(cin, cout, 1, stride) if stride > 1 else nn.Identity()
+
+        def forward(self, x):
+            return torch.relu(self.b(torch.relu(self.a(x))) + self.skip(x))
+
+    return nn.Sequential(conv_bn(3, 32, 3, 1), nn.ReLU(), Basic(32, 32, 1), Basic(32, 64, 2),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, 10))
+
+
 def transformer():
     """One encoder block: multi-head attention, LayerNorm, GELU FFN, softmax; d=64, 4 heads."""
     torch = _torch()
@@ -88,7 +112,8 @@ def transformer():
     return Encoder()
 
 
-ZOO = {"mlp": (mlp, (64,)), "cnn": (cnn, (3, 32, 32)), "transformer": (transformer, (16, 64))}
+ZOO = {"mlp": (mlp, (64,)), "cnn": (cnn, (3, 32, 32)), "transformer": (transformer, (16, 64)),
+       "resnet": (resnet, (3, 32, 32))}
 
 
 def build(name: str, batch: int = 1, seed: int = 0) -> onnx.ModelProto:

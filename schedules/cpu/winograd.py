@@ -131,20 +131,26 @@ def output_transform(mm: te.Tensor, m: int, n: int, out_h: int, out_w: int,
     return te.compute((n, channels // b, out_h, out_w, b), body, name=OUTPUT)
 
 
-def tile_for(out_h: int, out_w: int, in_channels: int, out_channels: int) -> int | None:
-    """The output tile ``m`` worth using, None for a direct conv. F(4x4) once the map has 4
-    tiles a side (ResNet's 56, 28 and 14: about 2x a direct conv's speed here), F(2x2) on
-    maps of 7 and up (at 7x7 the transformed weights, 16/9 the direct ones, are read for 16
-    tiles only: still 1.3x); fewer tiles, or narrow channels, leave the GEMM starved."""
+# Below this many tiles the GEMM is bound by reading its weights, which Winograd enlarges
+# (16/9 for F(2x2), 4x for F(4x4)): ResNet-18's 7x7 convs at batch 1 (16 tiles of F(2x2)) ran
+# only 1.2x faster than direct ones for 1.8x their weight bytes, and its 14x14 convs gained
+# little from F(4x4) (16 tiles) over F(2x2) (49 tiles) for 2.25x the weight bytes again.
+MIN_TILES = 32
+MIN_CHANNELS = 32  # narrower GEMMs are short of reduction and of output vectors
+
+
+def tile_for(batch: int, out_h: int, out_w: int, in_channels: int,
+             out_channels: int) -> int | None:
+    """The output tile ``m`` worth using, None for a direct conv: the largest of F(4x4) and
+    F(2x2) with ``MIN_TILES`` tiles in the batch (F(4x4) on ResNet-18's 56 and 28 maps: about
+    2x a direct conv here; F(2x2) on its 14 map; its 7 map stays direct at batch 1)."""
     if min(in_channels, out_channels) < MIN_CHANNELS:
         return None
     for m in (4, 2):
-        if min(tiles(out_h, out_w, m)) >= 4:
+        th, tw = tiles(out_h, out_w, m)
+        if batch * th * tw >= MIN_TILES:
             return m
     return None
-
-
-MIN_CHANNELS = 32
 
 
 def rewrite(builder: relax.BlockBuilder, conv: relax.Call, target: Target
@@ -164,7 +170,7 @@ def rewrite(builder: relax.BlockBuilder, conv: relax.Call, target: Target
     top, left, bottom, right = (int(p) for p in attrs.padding)
     out_h, out_w = height + top + bottom - 2, width + left + right - 2
     oihw = unpack_np(weight.value.numpy())
-    m = tile_for(out_h, out_w, oihw.shape[1], oihw.shape[0])
+    m = tile_for(n, out_h, out_w, oihw.shape[1], oihw.shape[0])
     if m is None or oihw.shape[0] % b:
         return None
     th, tw = tiles(out_h, out_w, m)

@@ -77,9 +77,10 @@ def _kernels(model, target) -> list[str]:
 
 
 @pytest.mark.parametrize("c, k, size, pads, batch, m", [
-    (32, 32, 14, (1, 1, 1, 1), 1, 4),   # ResNet's 14x14: F(4x4), no tail
-    (32, 64, 7, (1, 1, 1, 1), 2, 2),    # 7x7: F(2x2), a tail row and column, batch 2
-    (64, 32, 18, (0, 1, 1, 0), 1, 4),   # asymmetric padding, 17x17: tails of 1 row, column
+    (32, 32, 28, (1, 1, 1, 1), 1, 4),   # ResNet's 28x28: F(4x4), no tail
+    (32, 32, 14, (1, 1, 1, 1), 1, 2),   # 14x14: 16 tiles of 4, 49 of 2: F(2x2), a tail
+    (32, 64, 7, (1, 1, 1, 1), 5, 2),    # 7x7 at batch 5: F(2x2) tiles enough, tails
+    (64, 32, 26, (0, 1, 1, 0), 1, 4),   # asymmetric padding, 25x25: tails of 1 row, column
 ])
 def test_winograd_conv_matches_onnxruntime(c, k, size, pads, batch, m, host_target):
     """Both 3x3 convs of a residual block run as Winograd kernels; the second one's bias,
@@ -120,6 +121,7 @@ def _single_conv(c: int, k: int, size: int, **attrs):
     (32, 32, 28, {"group": 2, "pads": [1] * 4}),           # grouped
     (16, 16, 28, {"pads": [1] * 4}),                       # too few channels to gain
     (32, 32, 6, {"pads": [1] * 4}),                        # too few tiles to gain
+    (32, 32, 7, {"pads": [1] * 4}),                        # 16 tiles at batch 1: weight-bound
 ])
 def test_other_convs_stay_direct(c, k, size, attrs, host_target):
     kernels = _kernels(_single_conv(c, k, size, **attrs), host_target)
@@ -131,7 +133,7 @@ def test_other_convs_stay_direct(c, k, size, attrs, host_target):
 def test_other_cpu_targets_schedule_winograd(preset):
     """NCHW16c (AVX-512) and NCHW4c (NEON) builds: the three kernels exist and our rules
     schedule every kernel (compile only: they run on their hardware)."""
-    model = residual_block(32, 32, 14, (1, 1, 1, 1))
+    model = residual_block(32, 32, 28, (1, 1, 1, 1))
     compiled = tc.compile(model, target=preset)
     assert compiled.build_info.unscheduled == []
     target = resolve_target(preset).tvm_target
