@@ -60,8 +60,7 @@ def rules_for(target: tvm.target.Target) -> list[dl.ScheduleRule]:
         return [dl.gpu.Matmul(), dl.gpu.GEMV(), dl.gpu.Reduction(), dl.gpu.GeneralReduction(),
                 dl.gpu.Fallback()]
     return [Winograd(), Int8Gemm(), Int4Matmul(), Matmul(), Conv2d(), Elementwise(),
-            RowReduction(),
-            dl.cpu.GEMV(), dl.cpu.Reduction()]
+            RowReduction(), dl.cpu.GEMV(), dl.cpu.Reduction()]
 
 
 def layout_passes(target: tvm.target.Target) -> list[tvm.transform.Pass]:
