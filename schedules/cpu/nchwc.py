@@ -327,6 +327,22 @@ class _Rewriter(PyExprMutator):
         whole = self.builder_.emit(relax.Call(call.op, call.args, _reduce_attrs(call.op)))
         return relax.op.reshape(whole, shape)
 
+    def _global_pool(self, call: relax.Call) -> relax.Expr:
+        """A reduction of a 4-D tensor over its spatial axes without keepdims (a global
+        pool, ``mean(x, [2, 3])``) keeps them and drops them after: over NCHWc,
+        ConvertLayout carried its 3-D result on as an "NC8c" tensor, and a reduction over
+        its channels after it (a per-token dynamic quantization scale before the classifier)
+        made layout transforms that cannot lower. A reshape stops the layout there, so the
+        head runs in plain ``[N, C]``."""
+        shape = common.static_shape(call.args[0])
+        axes = call.attrs.axis
+        if call.attrs.keepdims or shape is None or len(shape) != 4 or axes is None \
+                or sorted(int(a) % 4 for a in axes) != [2, 3]:
+            return call
+        pooled = self.builder_.emit(getattr(relax.op, call.op.name[len("relax."):])(
+            call.args[0], axis=[2, 3], keepdims=True))
+        return relax.op.reshape(pooled, shape[:2])
+
     def _elementwise_qdq(self, call: relax.Call) -> relax.Expr:
         """``quantize``/``dequantize`` with constant parameters as the element-wise ops TVM
         legalizes them to (same operations, same order: bit-identical), which ConvertLayout
@@ -390,7 +406,8 @@ class _Rewriter(PyExprMutator):
         if isinstance(call.op, tvm.ir.Op) and call.op.name in _BINARY:
             return self._broadcast_operands(call)
         if isinstance(call.op, tvm.ir.Op) and call.op.name in _REDUCTIONS:
-            return self._scalar_reduction(call)
+            reduced = self._scalar_reduction(call)
+            return self._global_pool(call) if reduced is call else reduced
         if call.op in (tvm.ir.Op.get("relax.quantize"), tvm.ir.Op.get("relax.dequantize")):
             return self._elementwise_qdq(call)
         if call.op == tvm.ir.Op.get("relax.clip"):  # no layout rule in ConvertLayout

@@ -6,6 +6,7 @@ the unscheduled build."""
 from __future__ import annotations
 
 import numpy as np
+import onnx
 import pytest
 import tvm
 from schedule_helpers import fused, run, unscheduled_build
@@ -202,26 +203,31 @@ def test_intrinsic_choice_and_packing():
     assert conv.shape == (2, 1, 2, 2, 8, 4) and conv[1, 0, 1, 0, 2, 1] == 10 * 12 + 1 * 4 + 2
 
 
-def _cnn(rng) -> tc.Model:
+def _cnn(rng, head: str = "flatten", batch: int = 1) -> onnx.ModelProto:
+    """conv 8 -> 64 (3x3) -> ReLU -> conv 64 -> 16 (1x1) -> ReLU -> classifier over the
+    flattened map (``head="flatten"``) or a global average pool (``"pool"``)."""
     from onnx import TensorProto, numpy_helper
     from onnx import helper as oh
 
     # reductions of 72 and 64 MACs per output: long enough to be quantized (_quant_plan)
     w1 = rng.standard_normal((64, 8, 3, 3)).astype(np.float32) * 0.3
     w2 = rng.standard_normal((16, 64, 1, 1)).astype(np.float32) * 0.1
-    fc = rng.standard_normal((16 * 8 * 8, 24)).astype(np.float32) * 0.05
+    features = 16 * 8 * 8 if head == "flatten" else 16
+    fc = rng.standard_normal((features, 24)).astype(np.float32) * 0.05
+    pool = oh.make_node("Flatten", ["r2"], ["f"]) if head == "flatten" else \
+        oh.make_node("ReduceMean", ["r2"], ["f"], axes=[2, 3], keepdims=0)
     nodes = [oh.make_node("Conv", ["x", "w1"], ["c1"], pads=[1, 1, 1, 1]),
              oh.make_node("Relu", ["c1"], ["r1"]),
              oh.make_node("Conv", ["r1", "w2"], ["c2"]),
              oh.make_node("Relu", ["c2"], ["r2"]),
-             oh.make_node("Flatten", ["r2"], ["f"]),
+             pool,
              oh.make_node("MatMul", ["f", "fc"], ["y"])]
     graph = oh.make_graph(nodes, "cnn",
-                          [oh.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 8, 8])],
-                          [oh.make_tensor_value_info("y", TensorProto.FLOAT, [1, 24])],
+                          [oh.make_tensor_value_info("x", TensorProto.FLOAT, [batch, 8, 8, 8])],
+                          [oh.make_tensor_value_info("y", TensorProto.FLOAT, [batch, 24])],
                           [numpy_helper.from_array(a, n)
                            for a, n in ((w1, "w1"), (w2, "w2"), (fc, "fc"))])
-    return tc.load(oh.make_model(graph, opset_imports=[oh.make_opsetid("", 17)]))
+    return oh.make_model(graph, opset_imports=[oh.make_opsetid("", 17)])
 
 
 @pytest.mark.parametrize("scheme", ["int8", "int8-dynamic"])
@@ -230,13 +236,37 @@ def test_quantized_model_equals_unscheduled_build(scheme):
     x = rng.standard_normal((1, 8, 8, 8)).astype(np.float32)
     calib = {"x": rng.standard_normal((4, 8, 8, 8)).astype(np.float32)}
     cfg = QuantizeConfig(scheme=scheme, calibration=calib if scheme == "int8" else None)
-    cm = tc.compile(_cnn(rng), config=tc.CompressConfig([cfg]))
+    cm = tc.compile(tc.load(_cnn(rng)), config=tc.CompressConfig([cfg]))
     assert not [k for k in cm.build_info.unscheduled if "int8" in k or "conv" in k]
     kernels = [gv.name_hint for gv in fused(cm.ir, resolve_target("host").tvm_target).functions]
     assert sum("int8_conv" in k for k in kernels) == 2 and any("int8_gemm" in k for k in kernels)
     expected = run(unscheduled_build(cm.ir, resolve_target("host").tvm_target), [x])
     got = next(iter(cm.run([x]).values()))
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("batch", [1, 2])
+@pytest.mark.parametrize("scheme", ["int8", "int8-dynamic"])
+def test_global_pool_head_quantizes(scheme, batch):
+    """A CNN whose classifier reads a global average pool (VGG, EfficientNet, most torch
+    exports): the pool's ``[N, C]`` output must leave the blocked layout before the
+    classifier's per-token scale reduces over its channels (failed to build with
+    int8-dynamic). Bounded against onnxruntime's float model, exact against unscheduled TVM."""
+    from tvmcompress import reference
+
+    rng = np.random.default_rng(12)
+    model = _cnn(rng, head="pool", batch=batch)
+    x = rng.standard_normal((batch, 8, 8, 8)).astype(np.float32)
+    calib = {"x": rng.standard_normal((4, 8, 8, 8)).astype(np.float32)}
+    cfg = QuantizeConfig(scheme=scheme, calibration=calib if scheme == "int8" else None)
+    cm = tc.compile(tc.load(model), config=tc.CompressConfig([cfg]))
+    kernels = [gv.name_hint for gv in fused(cm.ir, resolve_target("host").tvm_target).functions]
+    assert sum("int8_conv" in k for k in kernels) == 2 and any("int8_gemm" in k for k in kernels)
+    got = next(iter(cm.run([x]).values()))
+    expected = run(unscheduled_build(cm.ir, resolve_target("host").tvm_target), [x])
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+    ref = reference.ort_run(model, {"x": x})["y"]
+    assert np.abs(got - ref).max() <= 0.05 * np.abs(ref).max()
 
 
 def test_weight_bits_follow_the_target():
