@@ -18,6 +18,7 @@ that ``Conv2d`` schedules (``conv2d.py``: channels mode over 5-D outputs).
 
 from __future__ import annotations
 
+import logging
 import math
 
 import numpy as np
@@ -30,6 +31,8 @@ from tvm.target import Target
 from tvmcompress.schedules.cpu import common, winograd
 from tvmcompress.schedules.cpu.int8_pack import int8_features, nchwc_conv
 from tvmcompress.schedules.cpu.pack_conv import pack_np, padded_window, unpack_np
+
+logger = logging.getLogger(__name__)
 
 
 def block_width(target: Target) -> int:
@@ -438,21 +441,36 @@ def _rewrite(mod: tvm.IRModule, mode: str, layout: str,
 
 def to_nchwc(target: Target) -> tvm.transform.Pass:
     """Relax module pass: fp32 NCHW convs whose channels fill whole vectors run in NCHWc
-    (CPU only; others are left to ``pack_weights``)."""
+    (CPU only; others are left to ``pack_weights``). If TVM cannot carry some model's graph
+    through the layout change, the model keeps NCHW (slower convs, same results) and a
+    warning names the failure: a faster layout is never worth a failed compile."""
     b = block_width(target)
     layout = f"NCHW{b}c"
 
-    @tvm.transform.module_pass(opt_level=0, name="ToNCHWc")
-    def _pass(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
-        if not common.is_cpu(target) or b < 2:
-            return mod
+    def blocked(mod: tvm.IRModule) -> tvm.IRModule:
         mod = _rewrite(mod, "prepare", layout)
-        mod = relax.transform.ConvertLayout({"relax.nn.conv2d": [layout, f"OIHW{b}o"]})(mod)
+        mod = relax.transform.ConvertLayout({
+            "relax.nn.conv2d": [layout, f"OIHW{b}o"],
+            # TVM's layout rule for it fails on a blocked input ("Layouts must have the
+            # same size"): a transposed conv (U-Net upsampling) reads NCHW
+            "relax.nn.conv2d_transpose": ["NCHW", "IOHW"]})(mod)
         mod = relax.transform.EliminateCommonSubexpr()(mod)  # one transform per tensor
         mod = _rewrite(mod, "sink", layout)
         mod = _rewrite(mod, "pad", layout)
         mod = relax.transform.FoldConstant()(mod)
         mod = relax.transform.EliminateCommonSubexpr()(mod)
         return _rewrite(mod, "conv", layout, target)
+
+    @tvm.transform.module_pass(opt_level=0, name="ToNCHWc")
+    def _pass(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
+        if not common.is_cpu(target) or b < 2:
+            return mod
+        try:
+            return blocked(mod)
+        except (RuntimeError, ValueError) as err:  # TVM's checks raise these
+            first = str(err).strip().splitlines()[-1] if str(err).strip() else type(err)
+            logger.warning("NCHW%dc layout failed on this model (%s); its convs run in NCHW",
+                           b, first)
+            return mod
 
     return _pass

@@ -5,6 +5,7 @@ ReLU6 and pooling follow the layout, other convs stay NCHW; numerics against uns
 from __future__ import annotations
 
 import numpy as np
+import onnx
 import pytest
 import tvm
 from onnx import helper as oh
@@ -258,3 +259,49 @@ def test_quantize_dequantize_follow_the_blocked_layout(host_target):
     expected = run(unscheduled_build(mod, host_target), [data])
     np.testing.assert_array_equal(run(executable, [data]), expected)
     assert len(np.unique(expected)) > 20  # the clip did not flatten everything
+
+
+def _upsampling(c: int = 16) -> onnx.ModelProto:
+    """conv 3x3 (c -> c, NCHWc) -> ConvTranspose 2x2 stride 2 (a U-Net's upsampling)."""
+    nodes = [oh.make_node("Conv", ["x", "w0"], ["a"], kernel_shape=[3, 3], pads=[1] * 4),
+             oh.make_node("ConvTranspose", ["a", "w1"], ["y"], kernel_shape=[2, 2],
+                          strides=[2, 2])]
+    params = weights(3, w0=(c, c, 3, 3), w1=(c, 8, 2, 2))
+    return onnx_model(nodes, {"x": [1, c, 6, 6]}, ("y", [1, 8, 12, 12]), params)
+
+
+def test_transposed_conv_reads_plain_layout(host_target, caplog):
+    """A transposed conv after a blocked conv: TVM's layout rule failed on its blocked input
+    ("Layouts must have the same size"), which failed the compile; it now reads NCHW and the
+    conv before it stays blocked."""
+    with caplog.at_level("WARNING"):
+        compiled = assert_parity(_upsampling())
+    assert not [r for r in caplog.records if "layout failed" in r.getMessage()]
+    with host_target:
+        ops = _ops(nchwc.to_nchwc(host_target)(tc.load(_upsampling()).mod))
+    assert any(o.startswith("conv2d_nchwc") for o in ops) and "relax.nn.conv2d_transpose" in ops
+    assert compiled.build_info.unscheduled == []
+
+
+def test_layout_failure_keeps_nchw(monkeypatch, caplog):
+    """If TVM cannot carry a model through the NCHWc change (injected here into our own
+    rewrite), the model compiles in NCHW with a warning that names the failure, and its
+    outputs still match onnxruntime."""
+    from tvmcompress import reference
+
+    real = nchwc._rewrite
+
+    def failing(mod, mode, *args):
+        if mode == "sink":
+            raise RuntimeError("Check failed: injected layout failure")
+        return real(mod, mode, *args)
+
+    monkeypatch.setattr(nchwc, "_rewrite", failing)
+    model = chain(c_in=16)
+    with caplog.at_level("WARNING"):
+        compiled = tc.compile(model)
+    assert any("injected layout failure" in r.getMessage() for r in caplog.records)
+    x = np.random.default_rng(0).standard_normal((1, 16, 10, 10)).astype("float32")
+    (got,) = compiled.run([x]).values()
+    np.testing.assert_allclose(got, reference.ort_run(model, {"x": x})["y"],
+                               rtol=1e-4, atol=1e-4)
