@@ -346,6 +346,20 @@ class _Rewriter(PyExprMutator):
             call.args[0], axis=[2, 3], keepdims=True))
         return relax.op.reshape(pooled, shape[:2])
 
+    def _channel_reduction(self, call: relax.Call) -> relax.Expr:
+        """A reduction over the channels of a 4-D tensor with keepdims (a spatial attention
+        map, ``mean(x, 1, keepdims=True)``) reduces without keepdims, then gets its unit
+        channel axis back: a ``[N, 1, H, W]`` map cannot be blocked, and ConvertLayout's
+        broadcast against it failed ("Cannot broadcast from 5 to 4")."""
+        shape = common.static_shape(call.args[0])
+        axes = call.attrs.axis
+        if not call.attrs.keepdims or shape is None or len(shape) != 4 or axes is None \
+                or [int(a) % 4 for a in axes] != [1]:
+            return call
+        reduced = self.builder_.emit(getattr(relax.op, call.op.name[len("relax."):])(
+            call.args[0], axis=[1], keepdims=False))
+        return relax.op.expand_dims(reduced, [1])
+
     def _elementwise_qdq(self, call: relax.Call) -> relax.Expr:
         """``quantize``/``dequantize`` with constant parameters as the element-wise ops TVM
         legalizes them to (same operations, same order: bit-identical), which ConvertLayout
@@ -375,7 +389,8 @@ class _Rewriter(PyExprMutator):
     def _broadcast_operands(self, call: relax.Call) -> relax.Expr:
         """Operands ConvertLayout cannot move into NCHWc, made ones it can: a computed
         ``[1, 1, 1, 1]`` operand (a dynamic quantization scale) becomes a 0-d tensor (TVM fails
-        with "Cannot broadcast from 5 to 4"; a scalar follows any layout), and a constant of
+        with "Cannot broadcast from 5 to 4"; a scalar follows any layout), a computed
+        ``[N, 1, H, W]`` one is broadcast over the channels (``_channels``), and a constant of
         lower rank than the other operand (a ``[C, 1, 1]`` requantize scale) gets its leading
         unit axes (ConvertLayout only transforms operands of the layout's rank)."""
         args = list(call.args)
@@ -392,8 +407,21 @@ class _Rewriter(PyExprMutator):
             elif not isinstance(arg, Constant) and all(d == 1 for d in shape):
                 args[i] = self.builder_.emit(relax.op.reshape(arg, []))
                 ranks[i] = 0
+            elif not isinstance(arg, Constant) and len(shape) == 4 and shape[1] == 1 \
+                    and (channels := self._channels(args, i)) > 1:
+                args[i] = self.builder_.emit(relax.op.broadcast_to(
+                    arg, [shape[0], channels, shape[2], shape[3]]))
         return call if all(a is b for a, b in zip(args, call.args)) else \
             relax.Call(call.op, args, call.attrs)
+
+    @staticmethod
+    def _channels(args, i: int) -> int:
+        """The channels of the 4-D operand other than ``args[i]`` (0: none): a computed
+        ``[N, 1, H, W]`` operand (a spatial attention map) is broadcast over them first, as
+        a blocked tensor cannot broadcast against an unblocked one ("Cannot broadcast from 5
+        to 4"); FuseOps fuses the broadcast into its consumer."""
+        others = [common.static_shape(a) for j, a in enumerate(args) if j != i]
+        return max((o[1] for o in others if o and len(o) == 4), default=0)
 
     def _typed_pad(self, call: relax.Call) -> relax.Expr:
         """Legalization pads a bool tensor's layout transform with a number, which cannot
@@ -409,8 +437,15 @@ class _Rewriter(PyExprMutator):
         if isinstance(call.op, tvm.ir.Op) and call.op.name in _BINARY:
             return self._broadcast_operands(call)
         if isinstance(call.op, tvm.ir.Op) and call.op.name in _REDUCTIONS:
-            reduced = self._scalar_reduction(call)
-            return self._global_pool(call) if reduced is call else reduced
+            for rewrite in (self._scalar_reduction, self._global_pool, self._channel_reduction):
+                if (reduced := rewrite(call)) is not call:
+                    return reduced
+            return call
+        if call.op == tvm.ir.Op.get("relax.squeeze") and call.attrs.axis is not None:
+            rank = len(common.static_shape(call.args[0]) or ())
+            if rank and any(int(a) < 0 for a in call.attrs.axis):  # TVM's layout rule:
+                return relax.op.squeeze(call.args[0],  # std::bad_alloc on a negative axis
+                                        [int(a) % rank for a in call.attrs.axis])
         if call.op in (tvm.ir.Op.get("relax.quantize"), tvm.ir.Op.get("relax.dequantize")):
             return self._elementwise_qdq(call)
         if call.op == tvm.ir.Op.get("relax.clip"):  # no layout rule in ConvertLayout

@@ -305,3 +305,27 @@ def test_layout_failure_keeps_nchw(monkeypatch, caplog):
     (got,) = compiled.run([x]).values()
     np.testing.assert_allclose(got, reference.ort_run(model, {"x": x})["y"],
                                rtol=1e-4, atol=1e-4)
+
+
+def test_attention_map_and_negative_squeeze_stay_blocked(caplog):
+    """Two graphs TVM's layout rules failed on, which sent the whole model to NCHW: a spatial
+    attention map (the channel mean, keepdims, times the features: "Cannot broadcast from 5
+    to 4") and a classifier that squeezes the pooled map with negative axes (the new torch
+    exporter's ``squeeze(-1)``: std::bad_alloc). Both now keep the convs blocked, with no
+    fallback warning, and match unscheduled TVM."""
+    nodes = [oh.make_node("Conv", ["x", "w0"], ["a"], kernel_shape=[3, 3], pads=[1] * 4),
+             oh.make_node("ReduceMean", ["a"], ["m"], axes=[1], keepdims=1),
+             oh.make_node("Mul", ["a", "m"], ["b"]),
+             oh.make_node("Conv", ["b", "w1"], ["c"], kernel_shape=[1, 1]),
+             oh.make_node("GlobalAveragePool", ["c"], ["p"]),
+             oh.make_node("Squeeze", ["p", "last"], ["q"]),
+             oh.make_node("Squeeze", ["q", "last"], ["y"])]
+    params = weights(4, w0=(16, 8, 3, 3), w1=(16, 16, 1, 1)) | {"last": np.array([-1])}
+    model = onnx_model(nodes, {"x": [2, 8, 6, 6]}, ("y", [2, 16]), params)
+    with caplog.at_level("WARNING"):
+        compiled = assert_parity(model)
+    assert not [r for r in caplog.records if "layout failed" in r.getMessage()]
+    kernels = list(compiled.build_info.flops)
+    assert sum("conv2d_nchwc" in k for k in kernels) == 2, kernels
+    # the map's broadcast over the channels is fused into the multiply, never materialized
+    assert all("multiply" in k for k in kernels if "broadcast_to" in k), kernels
