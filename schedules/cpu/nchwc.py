@@ -154,10 +154,14 @@ def _float_conv(conv: relax.Call) -> bool:
 _REDUCTIONS = {f"relax.{n}" for n in ("max", "min", "sum", "mean", "prod")}
 
 
+def _reduce(op: tvm.ir.Op, x: relax.Expr, axis=None, keepdims: bool = False) -> relax.Call:
+    """The Relax reduction ``op`` of ``x``, built by the op's own constructor."""
+    return getattr(relax.op, op.name[len("relax."):])(x, axis=axis, keepdims=keepdims)
+
+
 def _reduce_attrs(op: tvm.ir.Op):
-    """Attrs of ``op`` over all axes, keepdims off (built by the op's own constructor)."""
-    probe = relax.Var("t", relax.TensorType([1], "float32"))
-    return getattr(relax.op, op.name[len("relax."):])(probe).attrs
+    """Attrs of ``op`` over all axes, keepdims off."""
+    return _reduce(op, relax.Var("t", relax.TensorType([1], "float32"))).attrs
 
 
 def _axis_const(param: relax.Expr, shape: list[int] | None, axis: int):
@@ -342,8 +346,7 @@ class _Rewriter(PyExprMutator):
         if call.attrs.keepdims or shape is None or len(shape) != 4 or axes is None \
                 or sorted(int(a) % 4 for a in axes) != [2, 3]:
             return call
-        pooled = self.builder_.emit(getattr(relax.op, call.op.name[len("relax."):])(
-            call.args[0], axis=[2, 3], keepdims=True))
+        pooled = self.builder_.emit(_reduce(call.op, call.args[0], [2, 3], keepdims=True))
         return relax.op.reshape(pooled, shape[:2])
 
     def _channel_reduction(self, call: relax.Call) -> relax.Expr:
@@ -356,9 +359,7 @@ class _Rewriter(PyExprMutator):
         if not call.attrs.keepdims or shape is None or len(shape) != 4 or axes is None \
                 or [int(a) % 4 for a in axes] != [1]:
             return call
-        reduced = self.builder_.emit(getattr(relax.op, call.op.name[len("relax."):])(
-            call.args[0], axis=[1], keepdims=False))
-        return relax.op.expand_dims(reduced, [1])
+        return relax.op.expand_dims(self.builder_.emit(_reduce(call.op, call.args[0], [1])), [1])
 
     def _elementwise_qdq(self, call: relax.Call) -> relax.Expr:
         """``quantize``/``dequantize`` with constant parameters as the element-wise ops TVM
