@@ -86,25 +86,29 @@ def engines(model: tc.Model, plain: bool) -> tuple[dict, dict]:
 WARMUP_S = 0.05
 
 
-def time_rounds(runs: dict, rounds: int, budget: float, repeat: int) -> dict[str, float]:
-    """Median over interleaved rounds of each engine's per-round median, in ms.
+def timed(run, budget: float, repeat: int) -> list[float]:
+    """``run``'s times in ms: ``repeat`` runs (fewer past ``budget`` seconds, at least one)
+    after a warm-up of ``WARMUP_S`` (at least 3 runs): the engine run before it leaves its
+    worker threads spinning for a while (onnxruntime's and TVM's pools both spin before they
+    sleep), and on 2 cores those steal a core from the next engine."""
+    warm, end = 0, time.perf_counter() + WARMUP_S
+    while warm < 3 or time.perf_counter() < end:
+        run()
+        warm += 1
+    times, end = [], time.perf_counter() + budget
+    while not times or (len(times) < repeat and time.perf_counter() < end):
+        t0 = time.perf_counter()
+        run()
+        times.append((time.perf_counter() - t0) * 1e3)
+    return times
 
-    Each engine warms up for ``WARMUP_S`` (at least 3 runs) before its timed runs: the engine
-    before it leaves its worker threads spinning for a while (onnxruntime's and TVM's pools
-    both spin before they sleep), and on 2 cores those steal a core from the next engine."""
+
+def time_rounds(runs: dict, rounds: int, budget: float, repeat: int) -> dict[str, float]:
+    """Median over interleaved rounds of each engine's per-round median (``timed``), in ms."""
     names, per_round = list(runs), {n: [] for n in runs}
     for r in range(rounds):
         for name in names[r % len(names):] + names[:r % len(names)]:
-            warm, end = 0, time.perf_counter() + WARMUP_S
-            while warm < 3 or time.perf_counter() < end:
-                runs[name]()
-                warm += 1
-            times, end = [], time.perf_counter() + budget
-            while not times or (len(times) < repeat and time.perf_counter() < end):
-                t0 = time.perf_counter()
-                runs[name]()
-                times.append((time.perf_counter() - t0) * 1e3)
-            per_round[name].append(statistics.median(times))
+            per_round[name].append(statistics.median(timed(runs[name], budget, repeat)))
     return {n: statistics.median(v) for n, v in per_round.items()}
 
 

@@ -504,9 +504,9 @@ def to_nchwc(target: Target) -> tvm.transform.Pass:
         try:
             return blocked(mod)
         except (RuntimeError, ValueError) as err:  # TVM's checks raise these
-            first = str(err).strip().splitlines()[-1] if str(err).strip() else type(err)
+            lines = str(err).strip().splitlines()
             logger.warning("NCHW%dc layout failed on this model (%s); its convs run in NCHW",
-                           b, first)
+                           b, lines[-1] if lines else type(err).__name__)
             return mod
 
     return _pass

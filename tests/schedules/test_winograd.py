@@ -16,6 +16,7 @@ import tvmcompress as tc
 from tvmcompress import reference
 from tvmcompress.schedules.build import rules_for
 from tvmcompress.schedules.cpu import winograd
+from tvmcompress.schedules.cpu.pack_conv import conv_output_size
 from tvmcompress.targets import resolve_target
 
 # Winograd rounds differently from a direct conv: measured up to ~6e-6 of the output's
@@ -110,7 +111,8 @@ def _single_conv(c: int, k: int, size: int, **attrs):
     groups = attrs.get("group", 1)
     stride, dilation = attrs.get("strides", [1])[0], attrs.get("dilations", [1])[0]
     pad = attrs.get("pads", [0])[0]
-    out = (size + 2 * pad - dilation * 2 - 1) // stride + 1
+    out, _ = conv_output_size((size, size), (3, 3), (stride, stride), (pad,) * 4,
+                              (dilation, dilation))
     return onnx_model([node], {"x": [1, c, size, size]}, ("y", [1, k, out, out]),
                       weights(0, w=(k, c // groups, 3, 3)))
 
