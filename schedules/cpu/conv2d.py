@@ -47,12 +47,18 @@ class Conv2d(common.CPURule):
         if panel is None or extents is None:
             return False
         epilogue = epilogues[0].block_rv if epilogues else None
-        if blocked is False:  # depthwise, pooling: memory-bound, a padded copy costs more
-            for pad in pads:   # than the bounds tests (2.7x on MobileNetV2's 112x112 maps)
-                sch.compute_inline(pad.block_rv)
+        band_pad = None
+        if blocked is False:  # depthwise, pooling: memory-bound, a padded copy of the whole
+            # map costs more than the bounds tests (2.7x on MobileNetV2's 112x112 maps), one
+            # per band of rows less where ``banded`` says so
+            if len(pads) == 1 and conv_nchwc.banded(sch, main, pads[0].block_rv):
+                band_pad = pads[0].block_rv
+            else:
+                for pad in pads:
+                    sch.compute_inline(pad.block_rv)
             pads = []
         if blocked is not None:
-            conv_nchwc.tile(sch, main, epilogue, extents, blocked, target)
+            conv_nchwc.tile(sch, main, epilogue, extents, blocked, target, band_pad)
         elif panel:
             _tile_channels(sch, main, epilogue, extents, panel, target)
         else:

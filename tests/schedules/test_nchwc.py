@@ -8,22 +8,27 @@ import numpy as np
 import onnx
 import pytest
 import tvm
+import tvm_ffi
 from onnx import helper as oh
 from schedule_helpers import (
     assert_parity,
     build_module,
+    fused,
     onnx_model,
     run,
     unscheduled_build,
     weights,
 )
-from tvm import relax
+from tvm import relax, s_tir
+from tvm_ffi import get_global_func
 
 import tvmcompress as tc
 from tvmcompress.schedules.build import layout_passes
-from tvmcompress.schedules.cpu import nchwc
+from tvmcompress.schedules.cpu import Conv2d, nchwc
 from tvmcompress.schedules.cpu.conv_nchwc import tile_sizes
 from tvmcompress.targets import resolve_target
+
+_HAS_IF = get_global_func("s_tir.schedule.HasIfThenElse")
 
 
 def chain(c_in: int = 3, c: int = 16) -> tc.Model:
@@ -329,3 +334,85 @@ def test_attention_map_and_negative_squeeze_stay_blocked(caplog):
     assert sum("conv2d_nchwc" in k for k in kernels) == 2, kernels
     # the map's broadcast over the channels is fused into the multiply, never materialized
     assert all("multiply" in k for k in kernels if "broadcast_to" in k), kernels
+
+
+def _scheduled(compiled: tc.CompiledModel, target, part: str) -> dict[str, s_tir.Schedule]:
+    """Our Conv2d rule's schedule of each fused function whose name holds ``part``."""
+    funcs = {gv.name_hint: f for gv, f in fused(compiled.ir, target).functions.items()
+             if part in gv.name_hint}
+    return {name: Conv2d().apply(f, target, False) for name, f in funcs.items()}
+
+
+def _window_blocks(sch: s_tir.Schedule) -> tuple[list[bool], bool]:
+    """(whether each reduction update block tests bounds, whether a padding block runs
+    inside a parallel loop)."""
+    tests = [bool(_HAS_IF(b)) for b in _collect(sch.mod["main"].body, _named("_update"))]
+    loops = _collect(sch.mod["main"].body, lambda s: isinstance(s, tvm.tirx.For)
+                     and s.kind == tvm.tirx.ForKind.PARALLEL)
+    return tests, any(_collect(loop.body, lambda s: isinstance(s, s_tir.SBlock)
+                               and s.name_hint.startswith("pad_temp")) for loop in loops)
+
+
+def _named(suffix: str):
+    return lambda s: isinstance(s, s_tir.SBlock) and s.name_hint.endswith(suffix)
+
+
+def _collect(stmt, keep) -> list:
+    found = []
+    tvm_ffi.structural_walk(stmt, lambda s: found.append(s) if keep(s) else None)
+    return found
+
+
+def test_stride1_windows_read_banded_copies(host_target):
+    """Stride-1 depthwise convs (3x3 and 5x5) and a 3x3 max pool on 28-wide maps copy the
+    padded rows of each band inside the parallel loop and run without bounds tests (those
+    cost up to 2x); stride-2 windows and a 7-wide map keep the bounds tests (a copy costs
+    more there). Batch 2 and two channel blocks give several bands per map; every kernel
+    matches unscheduled TVM."""
+    def dw(src, dst, k, stride, w):
+        return oh.make_node("Conv", [src, w], [dst], kernel_shape=[k, k], strides=[stride] * 2,
+                            pads=[k // 2] * 4, group=16)
+
+    nodes = [dw("x", "a", 3, 1, "w0"), oh.make_node("Clip", ["a", "lo", "hi"], ["b"]),
+             oh.make_node("MaxPool", ["b"], ["p"], kernel_shape=[3, 3], pads=[1] * 4),
+             dw("p", "c", 5, 1, "w1"), dw("c", "d", 3, 2, "w2"), dw("d", "e", 3, 2, "w3"),
+             dw("e", "y", 3, 1, "w4")]
+    params = weights(5, w0=(16, 1, 3, 3), w1=(16, 1, 5, 5), w2=(16, 1, 3, 3),
+                     w3=(16, 1, 3, 3), w4=(16, 1, 3, 3))
+    params |= {"lo": np.array(0, "float32"), "hi": np.array(6, "float32")}
+    compiled = assert_parity(onnx_model(nodes, {"x": [2, 16, 28, 28]}, ("y", [2, 16, 7, 7]),
+                                        params))
+    kernels = {name: _window_blocks(sch) for part in ("conv2d", "pool")
+               for name, sch in _scheduled(compiled, host_target, part).items()}
+    banded = [name for name, (tests, in_parallel) in kernels.items()
+              if in_parallel and tests and not any(tests)]
+    tested = [name for name, (tests, _) in kernels.items() if tests and all(tests)]
+    assert len(kernels) == 6 and len(banded) == 3 and len(tested) == 3, kernels
+
+
+@pytest.mark.parametrize("bias, residual, stride, flat", [
+    (True, False, 1, True), (False, False, 1, True), (True, True, 1, True),
+    (True, False, 2, False)])
+def test_pointwise_conv_tiles_pixels(bias, residual, stride, flat, host_target):
+    """1x1 stride-1 convs over NCHWc tile their 7x7 pixels as one axis (a 4 x 3 tile with a
+    guarded tail instead of 7 x 1): the accumulator buffer is indexed [n, c, pixel, lane].
+    With a bias + ReLU, with no epilogue at all (a write-back stage), with a residual add on
+    a batch of 2; a strided 1x1 conv keeps its rows. All match unscheduled TVM."""
+    size = 7 * stride
+    nodes = [oh.make_node("Conv", ["x", "w", "b"] if bias else ["x", "w"], ["a"],
+                          kernel_shape=[1, 1], strides=[stride] * 2)]
+    if residual:
+        nodes.append(oh.make_node("Add", ["a", "x"], ["a1"]))
+    nodes.append(oh.make_node("Relu", [nodes[-1].output[0]], ["y"]))
+    channels = 24 if residual else 16
+    params = weights(6, w=(24, channels, 1, 1), b=(24,))
+    if not bias:
+        nodes[-1] = oh.make_node("Identity", ["a"], ["y"])
+        del params["b"]
+    batch = 2 if residual else 1
+    compiled = assert_parity(onnx_model(nodes, {"x": [batch, channels, size, size]},
+                                        ("y", [batch, 24, 7, 7]), params))
+    (sch,) = _scheduled(compiled, host_target, "conv2d").values()
+    ranks = {len(w.source.ty.shape) for block in _collect(sch.mod["main"].body, _named("_update"))
+             for w in block.writes}
+    assert ranks == {4 if flat else 5}
