@@ -364,7 +364,8 @@ def _collect(stmt, keep) -> list:
 
 
 def test_stride1_windows_read_banded_copies(host_target):
-    """Stride-1 depthwise convs (3x3 and 5x5) and a 3x3 max pool on 28-wide maps copy the
+    """Stride-1 depthwise convs (3x3 and 5x5) and 3x3 max and average pools (the average
+    over the pixels inside the map) on 28-wide maps copy the
     padded rows of each band inside the parallel loop and run without bounds tests (those
     cost up to 2x); stride-2 windows and a 7-wide map keep the bounds tests (a copy costs
     more there). Batch 2 and two channel blocks give several bands per map; every kernel
@@ -375,7 +376,8 @@ def test_stride1_windows_read_banded_copies(host_target):
 
     nodes = [dw("x", "a", 3, 1, "w0"), oh.make_node("Clip", ["a", "lo", "hi"], ["b"]),
              oh.make_node("MaxPool", ["b"], ["p"], kernel_shape=[3, 3], pads=[1] * 4),
-             dw("p", "c", 5, 1, "w1"), dw("c", "d", 3, 2, "w2"), dw("d", "e", 3, 2, "w3"),
+             oh.make_node("AveragePool", ["p"], ["q"], kernel_shape=[3, 3], pads=[1] * 4),
+             dw("q", "c", 5, 1, "w1"), dw("c", "d", 3, 2, "w2"), dw("d", "e", 3, 2, "w3"),
              dw("e", "y", 3, 1, "w4")]
     params = weights(5, w0=(16, 1, 3, 3), w1=(16, 1, 5, 5), w2=(16, 1, 3, 3),
                      w3=(16, 1, 3, 3), w4=(16, 1, 3, 3))
@@ -387,32 +389,37 @@ def test_stride1_windows_read_banded_copies(host_target):
     banded = [name for name, (tests, in_parallel) in kernels.items()
               if in_parallel and tests and not any(tests)]
     tested = [name for name, (tests, _) in kernels.items() if tests and all(tests)]
-    assert len(kernels) == 6 and len(banded) == 3 and len(tested) == 3, kernels
+    assert len(kernels) == 7 and len(banded) == 4 and len(tested) == 3, kernels
 
 
-@pytest.mark.parametrize("bias, residual, stride, flat", [
-    (True, False, 1, True), (False, False, 1, True), (True, True, 1, True),
-    (True, False, 2, False)])
-def test_pointwise_conv_tiles_pixels(bias, residual, stride, flat, host_target):
-    """1x1 stride-1 convs over NCHWc tile their 7x7 pixels as one axis (a 4 x 3 tile with a
-    guarded tail instead of 7 x 1): the accumulator buffer is indexed [n, c, pixel, lane].
-    With a bias + ReLU, with no epilogue at all (a write-back stage), with a residual add on
-    a batch of 2; a strided 1x1 conv keeps its rows. All match unscheduled TVM."""
+@pytest.mark.parametrize("kernel, stride, bias, residual", [
+    (1, 1, True, False), (1, 1, False, False), (1, 1, True, True), (1, 2, True, False),
+    (3, 1, True, False), (3, 2, False, True)])
+def test_dense_conv_tiles_pixels(kernel, stride, bias, residual, host_target):
+    """Dense NCHWc convs onto a 7x7 map tile its 49 pixels as one axis (a 4 x 3 tile whose
+    pixels span rows, with a guarded tail, instead of 7 x 1): the accumulator buffer is
+    indexed [n, c, pixel, lane]. 1x1 and 3x3 convs, strided or not, with a bias + ReLU, with
+    no epilogue at all (a write-back stage), with a residual add on a batch of 2; all match
+    unscheduled TVM."""
     size = 7 * stride
     nodes = [oh.make_node("Conv", ["x", "w", "b"] if bias else ["x", "w"], ["a"],
-                          kernel_shape=[1, 1], strides=[stride] * 2)]
+                          kernel_shape=[kernel] * 2, strides=[stride] * 2,
+                          pads=[kernel // 2] * 4)]
+    channels, batch = (24, 2) if residual else (16, 1)
+    params = weights(6, w=(24, channels, kernel, kernel), b=(24,))
     if residual:
-        nodes.append(oh.make_node("Add", ["a", "x"], ["a1"]))
-    nodes.append(oh.make_node("Relu", [nodes[-1].output[0]], ["y"]))
-    channels = 24 if residual else 16
-    params = weights(6, w=(24, channels, 1, 1), b=(24,))
+        nodes += [oh.make_node("AveragePool", ["x"], ["s"], kernel_shape=[stride] * 2,
+                               strides=[stride] * 2),
+                  oh.make_node("Add", ["a", "s"], ["y"])]
+    else:
+        nodes.append(oh.make_node("Relu" if bias else "Identity", ["a"], ["y"]))
     if not bias:
-        nodes[-1] = oh.make_node("Identity", ["a"], ["y"])
         del params["b"]
-    batch = 2 if residual else 1
     compiled = assert_parity(onnx_model(nodes, {"x": [batch, channels, size, size]},
                                         ("y", [batch, 24, 7, 7]), params))
-    (sch,) = _scheduled(compiled, host_target, "conv2d").values()
+    convs = [sch for name, sch in _scheduled(compiled, host_target, "conv2d").items()
+             if "pool" not in name]
+    (sch,) = convs
     ranks = {len(w.source.ty.shape) for block in _collect(sch.mod["main"].body, _named("_update"))
              for w in block.writes}
-    assert ranks == {4 if flat else 5}
+    assert ranks == {4}
