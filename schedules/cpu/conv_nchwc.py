@@ -104,8 +104,9 @@ def tile(sch: s_tir.Schedule, main, epilogue, extents: list[int], dense: bool,
     loops = sch.get_loops(main)
     by_var = dict(zip((iv.var for iv in block.iter_vars), loops, strict=True))
     size = dict(zip((iv.var for iv in block.iter_vars), extents, strict=True))
-    c, h, w, v = (e if isinstance(e, tirx.Var) else None
-                  for e in (index[1], index[2] if len(index) == 5 else None, *index[-2:]))
+    # [n, c, h, w, v], or [n, c, pixel, v] once ``_flatten_pixels`` merged h and w
+    c, w, v = (e if isinstance(e, tirx.Var) else None for e in (index[1], *index[-2:]))
+    h = index[2] if len(index) == 5 and isinstance(index[2], tirx.Var) else None
     named = {x for x in (c, h, w, v) if x is not None}
     spatial = [iv.var for iv in block.iter_vars if iv.iter_type == tirx.IterVar.DataPar]
     batch = [by_var[x] for x in spatial if x not in named]
@@ -117,7 +118,7 @@ def tile(sch: s_tir.Schedule, main, epilogue, extents: list[int], dense: bool,
     hi = []
     if pad is not None:
         groups = math.prod(size[x] for x in spatial if x not in named) * size[c]
-        band = _band_rows(sch, pad, size[h], extents[len(spatial)], groups, target)
+        band = _band_rows(sch, pad, size[h], groups, target)
         by_var[h], hi = sch.split(by_var[h], factors=[None, band])
     outer_loops = [*batch, *_listed(co), *_listed(by_var.get(h)), *_listed(hi), wo]
     sch.reorder(*outer_loops, *reductions, wi, *_listed(cv), by_var[v])
@@ -174,9 +175,9 @@ def _flatten_pixels(sch: s_tir.Schedule, main, epilogue) -> bool:
 def _pixel_axes(block: tirx.SBlock) -> int | None:
     """The position of the iter var that indexes the written rows, when the next one indexes
     the columns (so the two can merge); else None."""
-    names = [iv.var for iv in block.iter_vars]
+    ivars = [iv.var for iv in block.iter_vars]
     index = [r.min for r in block.writes[0].region]
-    at = [next((i for i, x in enumerate(names) if x.same_as(e)), None) for e in index[2:4]]
+    at = [next((i for i, x in enumerate(ivars) if x.same_as(e)), None) for e in index[2:4]]
     return at[0] if None not in at and at[1] == at[0] + 1 else None
 
 
@@ -206,17 +207,16 @@ _BAND_BYTES = 64 << 10
 _BANDS_PER_CORE = 4
 
 
-def _band_rows(sch: s_tir.Schedule, pad, height: int, kernel_rows: int, groups: int,
-               target: Target) -> int:
+def _band_rows(sch: s_tir.Schedule, pad, height: int, groups: int, target: Target) -> int:
     """Output rows per band: a divisor of ``height`` leaving at least ``_BANDS_PER_CORE``
     bands per core over ``groups`` (batch x channel blocks), whose padded rows (the band's
     plus the kernel's halo) fit ``_BAND_BYTES`` where possible."""
     buf = sch.get(pad).writes[0].source.ty
+    halo = int(buf.shape[2]) - height  # kernel rows - 1: the window is stride 1 (``banded``)
     row_bytes = int(buf.shape[3]) * int(buf.shape[4]) * tvm.DataType(buf.dtype).bits // 8
     need = -(-_BANDS_PER_CORE * common.num_cores(target) // groups)
-    fits = [r for r in range(1, max(1, height // need) + 1)
-            if height % r == 0 and (r + kernel_rows - 1) * row_bytes <= _BAND_BYTES]
-    return max(fits or [1])
+    return common.divisor_at_most(
+        height, max(1, min(height // need, _BAND_BYTES // row_bytes - halo)))
 
 
 def _listed(loop) -> list:
