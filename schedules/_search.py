@@ -79,6 +79,16 @@ def _same_trace(a, b) -> bool:
     return json.dumps(a.as_json(), default=str) == json.dumps(b.as_json(), default=str)
 
 
+def _space(target) -> ms.space_generator.PostOrderApply:
+    """MetaSchedule's generic rules for the target's kind. Its own pick for an x86 CPU with
+    AVX-512 (VNNI) adds int8 rules over ``tvm.s_tir.tensor_intrin``'s intrinsics, which
+    ``no_intrinsics`` keeps unloaded (importing them takes 20-120 s); our int8 kernels have
+    their own design spaces (``spaces.py``)."""
+    kind = "cuda" if target.kind.name == "cuda" else "llvm"
+    return ms.space_generator.PostOrderApply(sch_rules=kind, postprocs=kind,
+                                             mutator_probs=kind)
+
+
 def run_round(task, n: int, db, target, builder, runner, cost_model, work_dir: str,
               seed: int) -> None:
     """``n`` trials of evolutionary search on one kernel, measured and committed to ``db``.
@@ -90,7 +100,7 @@ def run_round(task, n: int, db, target, builder, runner, cost_model, work_dir: s
     with _measure.no_intrinsics():
         strategy = ms.search_strategy.EvolutionarySearch(population_size=POPULATION,
                                                          init_min_unmeasured=MIN_NEW)
-        ctx = ms.TuneContext(mod=task.mod, target=target, space_generator="post-order-apply",
+        ctx = ms.TuneContext(mod=task.mod, target=target, space_generator=_space(target),
                              search_strategy=strategy, task_name=task.name,
                              rand_state=seed, num_threads=2,
                              logger=logging.getLogger("tvmcompress.metaschedule"))

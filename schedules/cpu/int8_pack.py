@@ -61,6 +61,17 @@ def choose_intrin(weight: np.ndarray, features: tuple[str, ...] = ()) -> str | N
     return None
 
 
+def _fitting(w: np.ndarray, features: tuple[str, ...], is_conv: bool) -> str | None:
+    """``choose_intrin``, narrowed to AVX2's 8 output lanes when the output channels (conv
+    ``O``, matmul ``N``) fill no 16-lane AVX-512 block but fill 8-lane ones: a 24-wide GEMM on
+    an AVX-512 CPU stays tensorized instead of falling to the generic rules."""
+    intrin = choose_intrin(w, features)
+    channels = w.shape[0] if is_conv else w.shape[-1]
+    if intrin is None or channels % SHAPES[intrin][3] == 0 or "avx2" not in features:
+        return intrin
+    return choose_intrin(w, tuple(f for f in features if not f.startswith("avx512")))
+
+
 def pack_matmul_np(w: np.ndarray, intrin: str) -> np.ndarray:
     """[K, N] -> [N/8, ceil(K/r), 8, r] in the intrinsic's B dtype (K zero-padded)."""
     _, b_dtype, r, lanes = SHAPES[intrin]
@@ -200,7 +211,7 @@ class _Int8Packer(PyExprMutator):
                 or not np.issubdtype(w.dtype, np.integer) or common.static_shape(x) is None:
             return call
         is_conv = call.op == tvm.ir.Op.get("relax.nn.conv2d")
-        intrin = self.force or choose_intrin(w, self.features)
+        intrin = self.force or _fitting(w, self.features, is_conv)
         if intrin == DOT_SDOT and str(x.ty.dtype) != "int8":
             intrin = None
         if is_conv and (intrin is None or int(call.attrs.groups) != 1):

@@ -122,7 +122,8 @@ def test_int8_block_sparse():
     (call,) = _calls(cm.ir, "relax.call_tir")
     data, indices, indptr, scale, bias = (a.value.numpy() for a in call.args[1].fields[1:])
     assert data.dtype == np.int8 and cm.pass_log[0]["storage"] == "bsr int8"
-    w = sm.Bsr(data, indices, indptr, scale, (1, 8), 64).dense()
+    block = tuple(int(b) for b in cm.pass_log[0]["block"].split("x"))  # the vector: 1x8, 1x16
+    w = sm.Bsr(data, indices, indptr, scale, block, 64).dense()
     np.testing.assert_allclose(cm.run({"x": x})["y"], x @ w + bias, rtol=1e-4, atol=1e-4)
     weight = numpy_helper.to_array(model.graph.initializer[0])
     kept = w != 0

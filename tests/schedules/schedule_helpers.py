@@ -49,15 +49,15 @@ def run(executable, inputs: list[np.ndarray]) -> np.ndarray:
     return out.numpy() if hasattr(out, "numpy") else out[0].numpy()
 
 
-def assert_parity(model: onnx.ModelProto, seed: int = 0) -> tc.CompiledModel:
-    """Build ``model`` with our rules and without any; outputs must agree on random inputs,
-    and every kernel must have a schedule."""
-    compiled = tc.compile(model, target="host")
+def assert_parity(model: onnx.ModelProto, seed: int = 0, target: str = "host"
+                  ) -> tc.CompiledModel:
+    """Build ``model`` for ``target`` (a preset this host runs) with our rules and without
+    any; outputs must agree on random inputs, and every kernel must have a schedule."""
+    compiled = tc.compile(model, target=target)
     rng = np.random.default_rng(seed)
     inputs = [rng.standard_normal(s["shape"]).astype("float32")
               for s in compiled.signature.inputs]
-    target = resolve_target("host").tvm_target
-    expected = run(unscheduled_build(compiled.ir, target), inputs)
+    expected = run(unscheduled_build(compiled.ir, resolve_target(target).tvm_target), inputs)
     actual = compiled.run(inputs)
     (value,) = actual.values()
     np.testing.assert_allclose(value, expected, **TOL)

@@ -29,14 +29,14 @@ def test_zoo_scheduled_matches_onnxruntime(name, batch, zoo_inputs, assert_match
     assert_matches_ort(model.onnx_model, compiled, zoo_inputs(name, batch, seed=5))
 
 
-def test_rules_cover_the_zoo_cnn(host_target):
+def test_rules_cover_the_zoo_cnn(avx2_target):
     """Convs and pools go to Conv2d, the classifier to Matmul, concat/reshape to Elementwise:
     no kernel of the CNN falls through to dlight's generic reduction rule except the mean."""
-    mod = fused(_load("cnn", 2).mod, host_target)
+    mod = fused(_load("cnn", 2).mod, avx2_target)
     taken = {}
     for gv, func in mod.functions.items():
         if isinstance(func, tvm.tirx.PrimFunc):
-            rule = next(r for r in rules_for(host_target) if r.apply(func, host_target, False))
+            rule = next(r for r in rules_for(avx2_target) if r.apply(func, avx2_target, False))
             taken[gv.name_hint] = type(rule).__name__
     assert {n: r for n, r in taken.items() if "conv2d" in n or "pool" in n} \
         == {n: "Conv2d" for n in taken if "conv2d" in n or "pool" in n}

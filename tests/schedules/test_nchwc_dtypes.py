@@ -24,7 +24,7 @@ def _net(dtype: torch.dtype) -> nn.Module:
 def test_fp16_scheme_convs_run_in_nchwc():
     x = torch.randn(1, 16, 20, 20)
     model = tc.load(_net(torch.float32), example_inputs=[x])
-    compiled = tc.compile(model, "host", config=tc.CompressConfig(
+    compiled = tc.compile(model, "x86-64-avx2", config=tc.CompressConfig(  # 8-lane blocks
         passes=[tc.QuantizeConfig(scheme="fp16")]))
     kernels = compiled.profile(rounds=1).kernels
     assert sum("conv2d_nchwc" in k.name for k in kernels) == 3

@@ -12,11 +12,12 @@ import pytest
 import tvm
 from onnx import TensorProto, numpy_helper
 from onnx import helper as oh
+from tvm.target import codegen
 
 import tvmcompress as tc
 from tvmcompress.schedules import _measure, _search, spaces, tunedb
 from tvmcompress.schedules.build import fusion_passes
-from tvmcompress.schedules.intrin.x86_int8 import DOT_U8S8
+from tvmcompress.schedules.intrin.x86_int8 import DOT_U8S8, DOT_VNNI
 from tvmcompress.schedules.tune import extract_tasks, tune, tuning_target
 
 M, K, N = 64, 256, 256
@@ -46,9 +47,12 @@ def test_int8_kernel_tunes_within_our_tensorized_space(tmp_path):
     assert "int8_gemm" in task.name and task.trials >= 8
     records = tunedb.read_records(tmp_path)
     assert len(records) > 1  # the seeded default and searched candidates
+    # 8-bit weights on VNNI (vpdpbusd), 7-bit ones on AVX2 (vpmaddubsw)
+    vnni = codegen.target_has_features("avx512vnni", tc.resolve_target("host").tvm_target)
+    intrin = DOT_VNNI if vnni else DOT_U8S8
     for rec in records:
         trace = json.dumps(rec.trace.as_json(), default=str)
-        assert DOT_U8S8 in trace, "a candidate lost the AVX2 intrinsic"
+        assert intrin in trace, f"a candidate lost the {intrin} intrinsic"
     sampled = [r for r in records if "SampleCategorical" in json.dumps(r.trace.as_json(),
                                                                         default=str)]
     assert sampled, "no record came from the sampled design space"
