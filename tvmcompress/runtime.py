@@ -124,12 +124,12 @@ class Runner:
 
     def benchmark(self, inputs: Mapping[str, Any] | Sequence[Any] | None = None,
                   warmup: int = 3, repeat: int = 20, min_seconds: float = 0.0) -> BenchmarkResult:
-        """Time ``main`` after ``warmup`` runs: ``repeat`` timed runs (more if under
-        ``min_seconds``). Inputs default to random ones of the right shapes."""
+        """Time ``main`` after ``warmup`` runs (at least ``SETTLE_S`` seconds of them):
+        ``repeat`` timed runs (more if under ``min_seconds``). Inputs default to random ones of
+        the right shapes."""
         tensors = self.prepare(inputs if inputs is not None else random_inputs(self.signature))
         main = self._vm["main"]
-        for _ in range(warmup):
-            main(*tensors)
+        _warm_up(lambda: main(*tensors), warmup)
         times, start = [], time.perf_counter()
         while len(times) < repeat or time.perf_counter() - start < min_seconds:
             t0 = time.perf_counter()
@@ -140,10 +140,24 @@ class Runner:
                                statistics.pstdev(times), min(times), max(times), len(times))
 
 
-def time_ms(fn: Any, repeat: int, warmup: int = 1) -> list[float]:
-    """Wall times of ``repeat`` calls of ``fn`` after ``warmup`` untimed ones, in ms."""
-    for _ in range(warmup):
+# Warm-up lasts at least this long: an engine timed just before (onnxruntime's pool, or
+# TVM's) leaves its worker threads spinning for a while, and on a 2-core machine they take a
+# core from the next one (a 0.03 ms CNN timed right after onnxruntime measured 4 ms).
+SETTLE_S = 0.1
+
+
+def _warm_up(fn: Any, runs: int) -> None:
+    end = time.perf_counter() + SETTLE_S
+    done = 0
+    while done < runs or time.perf_counter() < end:
         fn()
+        done += 1
+
+
+def time_ms(fn: Any, repeat: int, warmup: int = 1) -> list[float]:
+    """Wall times of ``repeat`` calls of ``fn`` after ``warmup`` untimed ones (and at least
+    ``SETTLE_S`` seconds of them), in ms."""
+    _warm_up(fn, warmup)
     times = []
     for _ in range(repeat):
         start = time.perf_counter()
