@@ -182,8 +182,11 @@ def tune(mod: tvm.IRModule, preset, config: Tune) -> TuneResult:
         _search.search(result.tasks, db, target, builder, runner, search_until, config.trials,
                        str(private), on_round, per_trial)
         deadline.record(search_until.longest)
+        verify_until = _measure.Deadline(deadline.left() / 2)  # half for the model check
         for task in result.tasks:  # heaviest first
-            _search.verify(task, db, target, builder, runner, deadline)
+            _search.verify(task, db, target, builder, runner, verify_until)
+        deadline.record(verify_until.longest)
+        _search.verify_in_model(mod, preset, fused, result.tasks, db, target, deadline)
         tunedb.merge(private, shared)
     finally:
         shutil.rmtree(private, ignore_errors=True)

@@ -19,7 +19,7 @@ from tvm.target import codegen
 import tvmcompress as tc
 from tvmcompress import zoo
 from tvmcompress.reference import ort_run
-from tvmcompress.schedules import _search, tunedb
+from tvmcompress.schedules import _measure, _search, tunedb
 from tvmcompress.schedules.build import fusion_passes
 from tvmcompress.schedules.tune import extract_tasks, tune, tuning_target
 
@@ -92,6 +92,27 @@ def test_rerun_resumes_without_repeating(tuned):
                  tc.Tune(seconds=60, trials=4, database=db, progress=False))
     assert again.trials == 0  # the 4 trials are in the database already
     assert len(tunedb.read_records(db)) == before  # and the default is not recorded twice
+
+
+def test_records_slower_in_the_model_give_way_to_the_default():
+    """A record that claims to be the fastest but leaves the kernel unscheduled (plain loops,
+    many times slower) is replaced by the default schedule once both builds of the model
+    are timed side by side."""
+    model, preset = gemm_model(), tc.resolve_target("host")
+    target = tuning_target(preset.tvm_target)
+    with target:
+        fused = tvm.transform.Sequential(fusion_passes(target))(model.mod)
+    (task,) = extract_tasks(fused, None)
+    db = ms.database.MemoryDatabase()
+    args = ms.arg_info.ArgInfo.from_prim_func(task.mod["main"])
+    plain = tvm.s_tir.Schedule(task.mod)  # loops looked up, nothing changed (an empty trace
+    plain.get_loops(plain.get_child_blocks(plain.get_sblock("root"))[0])  # is not a record)
+    db.commit_tuning_record(ms.database.TuningRecord(
+        plain.trace, db.commit_workload(task.mod), [1e-7], target, args))
+    default = _search.default_schedule(task, target)
+    assert not _search._same_trace(tunedb.best_record(db, task.mod, target).trace, default.trace)
+    _search.verify_in_model(model.mod, preset, fused, [task], db, target, _measure.Deadline(60))
+    assert _search._same_trace(tunedb.best_record(db, task.mod, target).trace, default.trace)
 
 
 def test_time_budget_is_respected(tmp_path):
