@@ -142,7 +142,7 @@ class Runner:
 
 # Warm-up lasts at least this long: an engine timed just before (onnxruntime's pool, or
 # TVM's) leaves its worker threads spinning for a while, and on a 2-core machine they take a
-# core from the next one (a 0.03 ms CNN timed right after onnxruntime measured 4 ms).
+# core from the next one (benchmarks/bench_schedules.py warms up the same way).
 SETTLE_S = 0.1
 
 
