@@ -80,13 +80,27 @@ def _same_trace(a, b) -> bool:
     return json.dumps(a.as_json(), default=str) == json.dumps(b.as_json(), default=str)
 
 
+# Explicit unroll depths the CPU search samples: MetaSchedule's 512 as well lets a candidate
+# unroll enough code that LLVM compiles it for minutes (a MobileNetV2 candidate held a 600 s
+# tuning run in LLVM, at its first call, for over 10 minutes on a Zen 5). That compile runs in
+# this process and cannot be cut off at the deadline.
+UNROLL_STEPS = (0, 16, 64)
+
+
 def _space(target) -> ms.space_generator.PostOrderApply:
-    """MetaSchedule's generic rules for the target's kind. Its own pick for an x86 CPU with
-    AVX-512 (VNNI) adds int8 rules over ``tvm.s_tir.tensor_intrin``'s intrinsics, which
-    ``no_intrinsics`` keeps unloaded (importing them takes 20-120 s); our int8 kernels have
-    their own design spaces (``spaces.py``)."""
+    """MetaSchedule's generic rules for the target's kind, CPU unrolling capped at
+    ``UNROLL_STEPS``. Its own pick for an x86 CPU with AVX-512 (VNNI) adds int8 rules over
+    ``tvm.s_tir.tensor_intrin``'s intrinsics, which ``no_intrinsics`` keeps unloaded (importing
+    them takes 20-120 s); our int8 kernels have their own design spaces (``spaces.py``)."""
     kind = "cuda" if target.kind.name == "cuda" else "llvm"
-    return ms.space_generator.PostOrderApply(sch_rules=kind, postprocs=kind,
+    rules = list(ms.schedule_rule.ScheduleRule.create(kind))
+    if kind == "llvm":
+        unroll = ms.schedule_rule.ParallelizeVectorizeUnroll
+        rules = [unroll(max_jobs_per_core=r.max_jobs_per_core,
+                        max_vectorize_extent=r.max_vectorize_extent,
+                        unroll_max_steps=list(UNROLL_STEPS), unroll_explicit=r.unroll_explicit)
+                 if isinstance(r, unroll) else r for r in rules]
+    return ms.space_generator.PostOrderApply(sch_rules=rules, postprocs=kind,
                                              mutator_probs=kind)
 
 

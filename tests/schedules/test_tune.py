@@ -115,6 +115,15 @@ def test_records_slower_in_the_model_give_way_to_the_default():
     assert _search._same_trace(tunedb.best_record(db, task.mod, target).trace, default.trace)
 
 
+def test_cpu_search_caps_explicit_unrolling():
+    """MetaSchedule's 512-step explicit unroll is left out of the CPU space: LLVM compiled one
+    such candidate for over 10 minutes, in-process, past any deadline."""
+    space = _search._space(tuning_target(tc.resolve_target("host").tvm_target))
+    steps = [tuple(r.unroll_max_steps) for r in space.sch_rules
+             if isinstance(r, ms.schedule_rule.ParallelizeVectorizeUnroll)]
+    assert steps == [_search.UNROLL_STEPS] and max(_search.UNROLL_STEPS) <= 64
+
+
 def test_time_budget_is_respected(tmp_path):
     """No trial cap: only the deadline ends this run. Each unit of work (a build, a timed run,
     a cost-model call, a round's start) starts before the deadline, so the run may end one
