@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import shutil
+import statistics
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -124,24 +125,36 @@ def _valid(rec: ms.database.TuningRecord) -> bool:
     return bool(rec.run_secs) and max(float(s) for s in rec.run_secs) < 1e9
 
 
+def _secs(rec: ms.database.TuningRecord) -> float:
+    return statistics.mean(float(s) for s in rec.run_secs)
+
+
 def merge(source: Path, dest: Path) -> int:
-    """Merge the records of ``source`` into ``dest`` atomically; returns the new count."""
+    """Merge the records of ``source`` into ``dest`` atomically; returns the count of records
+    added or replaced. A schedule ``dest`` holds already (same workload, trace and target)
+    takes the faster time of the two: that is how tuning gives a kernel its default schedule
+    back (``_search._keep_default`` re-commits the default's trace, timed below the record
+    that lost); dropping it as a duplicate left the losing record the best."""
     dest.mkdir(parents=True, exist_ok=True)
     with locked(dest, exclusive=True):
-        old = read_records(dest)
-        seen = {_key(r) for r in old}
-        new = [r for r in read_records(source) if _valid(r) and _key(r) not in seen]
-        if not new:
+        kept = {_key(r): r for r in read_records(dest)}
+        changed = 0
+        for rec in read_records(source):
+            key = _key(rec)
+            if _valid(rec) and (key not in kept or _secs(rec) < _secs(kept[key])):
+                kept[key] = rec
+                changed += 1
+        if not changed:
             return 0
         staging = Path(tempfile.mkdtemp(prefix=".merge-", dir=dest))
         try:
-            copy_records(old + new, ms.database.JSONDatabase(work_dir=str(staging)))
+            copy_records(list(kept.values()), ms.database.JSONDatabase(work_dir=str(staging)))
             # Readers hold the shared lock, so the two renames look like one change to them.
             os.replace(staging / WORKLOADS, dest / WORKLOADS)
             os.replace(staging / RECORDS, dest / RECORDS)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
-    return len(new)
+    return changed
 
 
 def databases(*extra: str | Path | None) -> list[Path]:

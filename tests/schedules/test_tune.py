@@ -160,6 +160,25 @@ def _writer(shared: str, first: int) -> None:
         tunedb.merge(private, Path(shared))
 
 
+def test_merge_keeps_the_faster_time_of_a_schedule_it_holds(tmp_path):
+    """Tuning gives a kernel its default back by committing the default's trace again, timed
+    below the record that lost. The shared database holds that trace already (seeded first):
+    the merge must take the faster time, not drop the copy as a duplicate."""
+    mod, trace = _record(3)
+    target = tvm.target.Target("llvm")
+    args = ms.arg_info.ArgInfo.from_prim_func(mod["main"])
+    shared = tmp_path / "shared"
+    for i, secs in enumerate((2e-3, 1e-3, 3e-3)):
+        private = tmp_path / f"private-{i}"
+        private.mkdir()
+        db = ms.database.JSONDatabase(work_dir=str(private))
+        db.commit_tuning_record(ms.database.TuningRecord(
+            trace, db.commit_workload(mod), [secs], target, args))
+        tunedb.merge(private, shared)
+    (rec,) = tunedb.read_records(shared)
+    assert [float(s) for s in rec.run_secs] == pytest.approx([1e-3], rel=1e-6)
+
+
 def test_concurrent_writers_merge_every_record(tmp_path):
     shared = tmp_path / "shared"
     ctx = multiprocessing.get_context("fork")
