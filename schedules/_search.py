@@ -21,10 +21,10 @@ MIN_NEW = 8  # unmeasured samples a round needs (MetaSchedule: 50); our spaces c
 
 
 def best_secs(db: ms.database.Database, task, target: tvm.target.Target) -> float | None:
-    from tvmcompress.schedules.tunedb import best_record
+    from tvmcompress.schedules.tunedb import best_record, mean_secs
 
     rec = best_record(db, task.mod, target)
-    return statistics.mean(float(s) for s in rec.run_secs) if rec else None
+    return mean_secs(rec) if rec else None
 
 
 def measured_trials(db: ms.database.Database, task) -> int:
@@ -164,7 +164,9 @@ def verify(task, db, target, builder, runner, deadline: _measure.Deadline,
 def _keep_default(task, db, target, rec, default, ratio: float) -> None:
     """Commit the default's trace as the best record: timed at the best's stored time scaled
     by ``ratio`` (default / tuned, at most 0.999), so compiles pick the default again."""
-    stored = statistics.mean(float(s) for s in rec.run_secs)
+    from tvmcompress.schedules.tunedb import mean_secs
+
+    stored = mean_secs(rec)
     args = ms.arg_info.ArgInfo.from_prim_func(task.mod["main"])
     db.commit_tuning_record(ms.database.TuningRecord(
         default.trace, db.commit_workload(task.mod), [stored * min(ratio, 0.999)], target, args))

@@ -9,6 +9,7 @@ default rules.
 from __future__ import annotations
 
 import logging
+import statistics
 
 import tvm
 from tvm.s_tir import meta_schedule as ms
@@ -57,6 +58,11 @@ def _compatible(a: tvm.target.Target, b: tvm.target.Target) -> bool:
     arch = [str(t.attrs.get("mtriple", "")).split("-")[0] for t in (a, b)]
     fa, fb = _features(a), _features(b)
     return arch[0] == arch[1] and fa <= fb and ("avx512f" in fa) == ("avx512f" in fb)
+
+
+def mean_secs(rec: ms.database.TuningRecord) -> float:
+    """A record's measured time: the mean of its runs, in seconds."""
+    return statistics.mean(float(s) for s in rec.run_secs)
 
 
 def best_record(db: ms.database.Database, workload: tvm.IRModule, target: tvm.target.Target

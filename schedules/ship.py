@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import statistics
 import tempfile
 from pathlib import Path
 
@@ -14,10 +13,6 @@ import tvm_ffi
 from tvm.s_tir import meta_schedule as ms
 
 from tvmcompress.schedules import _search, tunedb
-
-
-def _mean(rec: ms.database.TuningRecord) -> float:
-    return statistics.mean(float(s) for s in rec.run_secs)
 
 
 def _trace(rec_or_sch) -> str:
@@ -46,8 +41,9 @@ def prune(source: Path, dest: Path, target: tvm.target.Target, margin: float = 0
             continue
         same = [r for r in db.get_top_k(db.commit_workload(mod), 1 << 16)
                 if _trace(r) == _trace(default)]
-        if same and _trace(best) != _trace(default) and _mean(best) < margin * _mean(same[0]):
-            keep.append((_mean(same[0]) / _mean(best), best))
+        if same and _trace(best) != _trace(default) \
+                and tunedb.mean_secs(best) < margin * tunedb.mean_secs(same[0]):
+            keep.append((tunedb.mean_secs(same[0]) / tunedb.mean_secs(best), best))
     keep = _fit([rec for _, rec in sorted(keep, key=lambda g: -g[0])], max_bytes)
     staging = Path(tempfile.mkdtemp(prefix=".ship-"))
     tunedb.copy_records(keep, ms.database.JSONDatabase(work_dir=str(staging)))

@@ -16,7 +16,6 @@ import json
 import logging
 import os
 import shutil
-import statistics
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -30,10 +29,11 @@ from tvmcompress.schedules.records import (  # re-exported: the database's publi
     best_record,
     canonical,
     compatible,
+    mean_secs,
 )
 
 __all__ = ["apply_database", "best_record", "canonical", "compatible", "databases", "load",
-           "merge", "read_records"]
+           "mean_secs", "merge", "read_records"]
 
 logger = logging.getLogger(__name__)
 
@@ -125,10 +125,6 @@ def _valid(rec: ms.database.TuningRecord) -> bool:
     return bool(rec.run_secs) and max(float(s) for s in rec.run_secs) < 1e9
 
 
-def _secs(rec: ms.database.TuningRecord) -> float:
-    return statistics.mean(float(s) for s in rec.run_secs)
-
-
 def merge(source: Path, dest: Path) -> int:
     """Merge the records of ``source`` into ``dest`` atomically; returns the count of records
     added or replaced. A schedule ``dest`` holds already (same workload, trace and target)
@@ -141,7 +137,7 @@ def merge(source: Path, dest: Path) -> int:
         changed = 0
         for rec in read_records(source):
             key = _key(rec)
-            if _valid(rec) and (key not in kept or _secs(rec) < _secs(kept[key])):
+            if _valid(rec) and (key not in kept or mean_secs(rec) < mean_secs(kept[key])):
                 kept[key] = rec
                 changed += 1
         if not changed:
