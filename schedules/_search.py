@@ -173,8 +173,8 @@ def _keep_default(task, db, target, rec, default, ratio: float) -> None:
     task.best_secs = task.default_secs
 
 
-def verify_in_model(mod: tvm.IRModule, preset, fused: tvm.IRModule, tasks, db, target,
-                    deadline: _measure.Deadline, margin: float = 0.03, rounds: int = 15) -> None:
+def verify_in_model(mod: tvm.IRModule, preset, tasks, db, target, deadline: _measure.Deadline,
+                    margin: float = 0.03, rounds: int = 15) -> None:
     """Keep a tuned record only where its kernel is faster inside the model.
 
     A kernel timed alone, over and over, has its weights in cache; in the model they are
@@ -184,15 +184,12 @@ def verify_in_model(mod: tvm.IRModule, preset, fused: tvm.IRModule, tasks, db, t
     default rules only) and both are run alternately, each kernel timed by a VM instrument;
     a task whose kernels do not win by ``margin`` in the model gets its default back.
     Skipped (with a log line) for models with dynamic input shapes or past the deadline."""
-    from tvm import relax
-
     from tvmcompress.schedules.build import build
+    from tvmcompress.schedules.cpu.common import static_shape
     from tvmcompress.schedules.tunedb import best_record
 
     params = mod["main"].params
-    shapes = [[int(d) for d in p.ty.shape.values] if isinstance(p.ty, relax.TensorType)
-              and all(isinstance(d, tvm.tirx.IntImm) for d in p.ty.shape.values) else None
-              for p in params]
+    shapes = [static_shape(p) for p in params]
     if None in shapes or deadline.passed():
         logger.info("tuned records not checked in the model: %s", "dynamic input shapes"
                     if None in shapes else "time budget spent")
@@ -210,10 +207,8 @@ def verify_in_model(mod: tvm.IRModule, preset, fused: tvm.IRModule, tasks, db, t
               for shape, dtype in zip(shapes, dtypes, strict=True)]
     times = _kernel_times({"default": default_exe, "tuned": tuned_exe}, inputs, rounds,
                           deadline)
-    names = _names_by_task(fused)
     for task in tasks:
-        kernels = [n for n in names.get(tvm_ffi.structural_hash(task.mod), [])
-                   if n in info.from_database]
+        kernels = [n for n in task.names if n in info.from_database]
         rec, default = best_record(db, task.mod, target), default_schedule(task, target)
         if not kernels or rec is None or default is None or _same_trace(rec.trace, default.trace):
             continue
@@ -256,17 +251,6 @@ def _kernel_times(executables: dict, inputs, rounds: int, deadline: _measure.Dea
                 return times
             main(*inputs)
     return times
-
-
-def _names_by_task(fused: tvm.IRModule) -> dict[int, list[str]]:
-    """Kernel names of the fused module by the structural hash of their tuning workload."""
-    from tvmcompress.schedules.tunedb import canonical
-
-    names: dict[int, list[str]] = {}
-    for gv, func in fused.functions.items():
-        if isinstance(func, tvm.tirx.PrimFunc):
-            names.setdefault(tvm_ffi.structural_hash(canonical(func)), []).append(gv.name_hint)
-    return names
 
 
 def pick(tasks, trials_cap: int | None):

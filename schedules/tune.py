@@ -71,12 +71,14 @@ class Tune:
 
 @dataclass
 class Task:
-    """One distinct kernel: its canonical workload, call count and what tuning found."""
+    """One distinct kernel: its canonical workload, call count, the names of the fused
+    functions that are it, and what tuning found."""
 
     name: str
     mod: tvm.IRModule
     weight: int
     flops: float
+    names: list[str] = field(default_factory=list)
     default_secs: float | None = None
     best_secs: float | None = None
     trials: int = 0
@@ -124,9 +126,10 @@ def extract_tasks(fused: tvm.IRModule, top_k: int | None) -> list[Task]:
         key = tvm_ffi.structural_hash(mod)
         if key in tasks:
             tasks[key].weight += max(calls[gv.name_hint], 1)
+            tasks[key].names.append(gv.name_hint)
             continue
         flops = float(tvm.s_tir.analysis.estimate_tir_flops(mod))
-        tasks[key] = Task(gv.name_hint, mod, max(calls[gv.name_hint], 1), flops)
+        tasks[key] = Task(gv.name_hint, mod, max(calls[gv.name_hint], 1), flops, [gv.name_hint])
     ordered = sorted(tasks.values(), key=lambda t: -t.flops * t.weight)
     total = sum(t.flops * t.weight for t in ordered) or 1.0
     ordered = [t for t in ordered if t.flops * t.weight >= 0.005 * total]  # skip trivial kernels
@@ -186,7 +189,7 @@ def tune(mod: tvm.IRModule, preset, config: Tune) -> TuneResult:
         for task in result.tasks:  # heaviest first
             _search.verify(task, db, target, builder, runner, verify_until)
         deadline.record(verify_until.longest)
-        _search.verify_in_model(mod, preset, fused, result.tasks, db, target, deadline)
+        _search.verify_in_model(mod, preset, result.tasks, db, target, deadline)
         tunedb.merge(private, shared)
     finally:
         shutil.rmtree(private, ignore_errors=True)

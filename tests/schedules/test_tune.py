@@ -111,7 +111,7 @@ def test_records_slower_in_the_model_give_way_to_the_default():
         plain.trace, db.commit_workload(task.mod), [1e-7], target, args))
     default = _search.default_schedule(task, target)
     assert not _search._same_trace(tunedb.best_record(db, task.mod, target).trace, default.trace)
-    _search.verify_in_model(model.mod, preset, fused, [task], db, target, _measure.Deadline(60))
+    _search.verify_in_model(model.mod, preset, [task], db, target, _measure.Deadline(60))
     assert _search._same_trace(tunedb.best_record(db, task.mod, target).trace, default.trace)
 
 
