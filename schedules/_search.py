@@ -229,21 +229,15 @@ def _kernel_times(executables: dict, inputs, rounds: int, deadline: _measure.Dea
     the executables taking turns (after a warm-up each)."""
     from tvm import relax
 
+    from tvmcompress.profile import call_timer
+
     times: dict[str, dict[str, list[float]]] = {name: {} for name in executables}
-    clock = [0.0]
     mains = {}
     for name, executable in executables.items():
         vm = relax.VirtualMachine(executable, tvm.cpu())
         for _ in range(3):
             vm["main"](*inputs)
-
-        def instrument(_func, symbol, before, _ret, *_args, into=times[name]) -> None:
-            if before:
-                clock[0] = time.perf_counter()
-            elif not symbol.startswith("vm.builtin."):
-                into.setdefault(symbol, []).append(time.perf_counter() - clock[0])
-
-        vm.set_instrument(instrument)
+        vm.set_instrument(call_timer(times[name]))
         mains[name] = vm["main"]
     for _ in range(rounds):
         for main in mains.values():

@@ -88,19 +88,8 @@ def profile(runner: Any, tensors: list[Any], flops: Mapping[str, float] | None =
     for _ in range(warmup):
         main(*tensors)
     times: dict[str, list[float]] = defaultdict(list)
-    clock = [0.0]
     sync = (lambda: None) if runner.device.type == "cpu" else runner.device.sync
-
-    def instrument(_func, symbol, before, _ret, *_args) -> None:
-        sync()
-        if symbol.startswith("vm.builtin."):
-            symbol = BUILTINS
-        if before:
-            clock[0] = time.perf_counter()
-        else:
-            times[symbol].append(time.perf_counter() - clock[0])
-
-    vm.set_instrument(instrument)
+    vm.set_instrument(call_timer(times, sync))
     runs = []
     for _ in range(rounds):
         start = time.perf_counter()
@@ -109,6 +98,24 @@ def profile(runner: Any, tensors: list[Any], flops: Mapping[str, float] | None =
         runs.append((time.perf_counter() - start) * 1e3)
     return Profile(_rows(times, rounds, flops or {}, set(unscheduled), set(tuned)),
                    statistics.median(runs), rounds, _notes(times, unscheduled))
+
+
+def call_timer(times: dict[str, list[float]], sync=None):
+    """A VM instrument appending each call's seconds to ``times[symbol]`` (the VM's builtins
+    under ``BUILTINS``); ``sync`` waits for the device around each call."""
+    clock = [0.0]
+
+    def instrument(_func, symbol, before, _ret, *_args) -> None:
+        if sync is not None:
+            sync()
+        if symbol.startswith("vm.builtin."):
+            symbol = BUILTINS
+        if before:
+            clock[0] = time.perf_counter()
+        else:
+            times.setdefault(symbol, []).append(time.perf_counter() - clock[0])
+
+    return instrument
 
 
 def _rows(times: dict[str, list[float]], rounds: int, flops: Mapping[str, float],
