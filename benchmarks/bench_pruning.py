@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 import tvmcompress as tc
-from tvmcompress import zoo_vision
+from tvmcompress import runtime, zoo_vision
 from tvmcompress.passes.prune_structured import PruneConfig
 from tvmcompress.report import op_stats
 
@@ -33,9 +33,7 @@ def _time_ms(compiled, tensors, runs) -> list[float]:
     it): the numpy conversions of ``compiled.run`` would add the same fixed cost to every
     variant and understate what pruning buys."""
     main, times = compiled.runner._vm["main"], []
-    end = time.perf_counter() + WARMUP_S  # the other variants' weights left the caches
-    while time.perf_counter() < end:
-        main(*tensors)
+    runtime.warm_up(lambda: main(*tensors), 0, WARMUP_S)  # other variants' weights left caches
     for _ in range(runs):
         t0 = time.perf_counter()
         main(*tensors)

@@ -91,10 +91,7 @@ def timed(run, budget: float, repeat: int) -> list[float]:
     after a warm-up of ``WARMUP_S`` (at least 3 runs): the engine run before it leaves its
     worker threads spinning for a while (onnxruntime's and TVM's pools both spin before they
     sleep), and on 2 cores those steal a core from the next engine."""
-    warm, end = 0, time.perf_counter() + WARMUP_S
-    while warm < 3 or time.perf_counter() < end:
-        run()
-        warm += 1
+    runtime.warm_up(run, 3, WARMUP_S)
     times, end = [], time.perf_counter() + budget
     while not times or (len(times) < repeat and time.perf_counter() < end):
         t0 = time.perf_counter()

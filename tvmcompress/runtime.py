@@ -129,7 +129,7 @@ class Runner:
         the right shapes."""
         tensors = self.prepare(inputs if inputs is not None else random_inputs(self.signature))
         main = self._vm["main"]
-        _warm_up(lambda: main(*tensors), warmup)
+        warm_up(lambda: main(*tensors), warmup)
         times, start = [], time.perf_counter()
         while len(times) < repeat or time.perf_counter() - start < min_seconds:
             t0 = time.perf_counter()
@@ -146,8 +146,9 @@ class Runner:
 SETTLE_S = 0.1
 
 
-def _warm_up(fn: Any, runs: int) -> None:
-    end = time.perf_counter() + SETTLE_S
+def warm_up(fn: Any, runs: int, seconds: float = SETTLE_S) -> None:
+    """Call ``fn`` at least ``runs`` times and for at least ``seconds``."""
+    end = time.perf_counter() + seconds
     done = 0
     while done < runs or time.perf_counter() < end:
         fn()
@@ -157,7 +158,7 @@ def _warm_up(fn: Any, runs: int) -> None:
 def time_ms(fn: Any, repeat: int, warmup: int = 1) -> list[float]:
     """Wall times of ``repeat`` calls of ``fn`` after ``warmup`` untimed ones (and at least
     ``SETTLE_S`` seconds of them), in ms."""
-    _warm_up(fn, warmup)
+    warm_up(fn, warmup)
     times = []
     for _ in range(repeat):
         start = time.perf_counter()
