@@ -126,6 +126,17 @@ def run_round(task, n: int, db, target, builder, runner, cost_model, work_dir: s
                            task_scheduler="round-robin")
 
 
+def _tuned_and_default(task, db, target):
+    """(the database's best record, the default schedule) when the best is a tuned schedule
+    other than the default; else (None, None)."""
+    from tvmcompress.schedules.tunedb import best_record
+
+    rec, default = best_record(db, task.mod, target), default_schedule(task, target)
+    if rec is None or default is None or _same_trace(rec.trace, default.trace):
+        return None, None
+    return rec, default
+
+
 def verify(task, db, target, builder, runner, deadline: _measure.Deadline,
            margin: float = 0.03, rounds: int = 2) -> None:
     """Keep the database's best for ``task`` only if it beats the default schedule head to head.
@@ -136,10 +147,8 @@ def verify(task, db, target, builder, runner, deadline: _measure.Deadline,
     with the best's stored time scaled by the head-to-head ratio (at most 0.999 of it), so
     compiles pick the default again.
     """
-    from tvmcompress.schedules.tunedb import best_record
-
-    rec, default = best_record(db, task.mod, target), default_schedule(task, target)
-    if rec is None or default is None or _same_trace(rec.trace, default.trace):
+    rec, default = _tuned_and_default(task, db, target)
+    if rec is None:
         return
     tuned = tvm.s_tir.Schedule(task.mod)
     rec.trace.apply_to_schedule(tuned, remove_postproc=False)
@@ -186,7 +195,6 @@ def verify_in_model(mod: tvm.IRModule, preset, tasks, db, target, deadline: _mea
     Skipped (with a log line) for models with dynamic input shapes or past the deadline."""
     from tvmcompress.schedules.build import build
     from tvmcompress.schedules.cpu.common import static_shape
-    from tvmcompress.schedules.tunedb import best_record
 
     params = mod["main"].params
     shapes = [static_shape(p) for p in params]
@@ -209,8 +217,8 @@ def verify_in_model(mod: tvm.IRModule, preset, tasks, db, target, deadline: _mea
                           deadline)
     for task in tasks:
         kernels = [n for n in task.names if n in info.from_database]
-        rec, default = best_record(db, task.mod, target), default_schedule(task, target)
-        if not kernels or rec is None or default is None or _same_trace(rec.trace, default.trace):
+        rec, default = _tuned_and_default(task, db, target)
+        if not kernels or rec is None:
             continue
         spent = {k: sum(statistics.median(v[n]) for n in kernels if n in v)
                  for k, v in times.items()}
